@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# End-to-end forward-intake benchmark for rin-ship. See docs/benchmarks.md.
+#
+#   benches/run.sh                      # 1M records, level 6, 2 connections
+#   RECORDS=200000 LEVEL=1 CONNECTIONS=4 benches/run.sh
+#
+# Environment knobs (defaults in brackets):
+#   RECORDS [1000000]  LEVEL [6]  CONNECTIONS [2]  WINDOW [4]  PER_FRAME [1000]  SEED [1]
+#   PORT [24299]  SHARDS [0 = one per core]  SEAL_BYTES [64MiB]  SEAL_AGE [60s]
+#   CARGO_FLAGS [""]   e.g. "--no-default-features" for a build without the S3 store
+#   SKIP_BUILD [0]     1: use the binaries already in target/
+#   KEEP [0]           1: keep the run folder (data dir, NDJSON, logs) after the run
+#   SERVER, BENCH      override the server binary / the forward_load bench executable
+# Only ever talks to 127.0.0.1.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RECORDS=${RECORDS:-1000000}
+LEVEL=${LEVEL:-6}
+CONNECTIONS=${CONNECTIONS:-2}
+WINDOW=${WINDOW:-4}
+PER_FRAME=${PER_FRAME:-1000}
+SEED=${SEED:-1}
+PORT=${PORT:-24299}
+SHARDS=${SHARDS:-0}
+SEAL_BYTES=${SEAL_BYTES:-64MiB}
+SEAL_AGE=${SEAL_AGE:-60s}
+CARGO_FLAGS=${CARGO_FLAGS:-}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP=${KEEP:-0}
+
+log() { printf '[run.sh] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[[ -r /proc/self/stat ]] || die "needs Linux /proc"
+command -v gzip >/dev/null || die "gzip not found"
+CLK_TCK=$(getconf CLK_TCK)
+NPROC=$(nproc)
+
+# ---------------------------------------------------------------------------- build
+SERVER=${SERVER:-$ROOT/target/release/rin-ship}
+# shellcheck disable=SC2086
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "cargo build --release $CARGO_FLAGS"
+    cargo build --release $CARGO_FLAGS
+fi
+if [[ -z ${BENCH:-} ]]; then
+    log "cargo bench --no-run --bench forward_load $CARGO_FLAGS"
+    # shellcheck disable=SC2086
+    BENCH=$(cargo bench --no-run --bench forward_load $CARGO_FLAGS --message-format=json \
+        | grep -o '"executable":"[^"]*forward_load[^"]*"' | tail -n1 | sed 's/^"executable":"//; s/"$//')
+fi
+[[ -x $BENCH ]] || die "could not find the forward_load bench executable"
+[[ -x $SERVER ]] || die "$SERVER missing (build failed?)"
+
+# ---------------------------------------------------------------------------- data
+mkdir -p bench-data
+STREAM=bench-data/stream-r${RECORDS}-f${PER_FRAME}-s${SEED}.fwd
+if [[ ! -s $STREAM || ! -s $STREAM.meta ]]; then
+    log "generating $STREAM"
+    "$BENCH" gen --records "$RECORDS" --per-frame "$PER_FRAME" --seed "$SEED" --out "$STREAM" >&2
+fi
+STREAM_BYTES=$(stat -c %s "$STREAM")
+
+RUN=$ROOT/bench-data/run
+rm -rf "$RUN"
+mkdir -p "$RUN"
+DATA_DIR=$RUN/data
+
+cat >"$RUN/config.yaml" <<EOF
+data_dir: $DATA_DIR
+node: bench
+forward: {bind: "127.0.0.1:$PORT"}
+metrics: {enabled: false}
+buffer: {seal_bytes: $SEAL_BYTES, seal_age: $SEAL_AGE, compression_level: $LEVEL, shards: $SHARDS}
+targets: [{name: default, match: ["**"], store: local}]
+EOF
+
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    die "127.0.0.1:$PORT is already in use (set PORT=...)"
+fi
+
+# ---------------------------------------------------------------------------- cleanup
+TIME_PID= SPID= SAMPLER_PID=
+cleanup() {
+    local rc=$?
+    [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null || true
+    if [[ -n $SPID ]] && kill -0 "$SPID" 2>/dev/null; then
+        log "cleanup: killing server $SPID"
+        kill -TERM "$SPID" 2>/dev/null || true
+        sleep 2
+        kill -KILL "$SPID" 2>/dev/null || true
+    fi
+    [[ -n $TIME_PID ]] && kill "$TIME_PID" 2>/dev/null || true
+    if [[ $KEEP != 1 && $rc == 0 ]]; then
+        rm -rf "$RUN"
+    elif [[ -d $RUN ]]; then
+        log "run folder kept: $RUN"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------- server
+# Under GNU time when available: exact lifetime CPU (all threads) and ru_maxrss at exit.
+if [[ -x /usr/bin/time ]]; then
+    /usr/bin/time -f '%e %U %S %M' -o "$RUN/server.time" \
+        "$SERVER" serve --config "$RUN/config.yaml" >"$RUN/server.log" 2>&1 &
+    TIME_PID=$!
+    for _ in $(seq 100); do
+        SPID=$(cat "/proc/$TIME_PID/task/$TIME_PID/children" 2>/dev/null | awk '{print $1}') || true
+        [[ -n $SPID ]] && break
+        sleep 0.05
+    done
+    [[ -n $SPID ]] || die "server did not start (see $RUN/server.log)"
+else
+    "$SERVER" serve --config "$RUN/config.yaml" >"$RUN/server.log" 2>&1 &
+    SPID=$!
+fi
+log "server pid $SPID, waiting for 127.0.0.1:$PORT"
+for i in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    kill -0 "$SPID" 2>/dev/null || { cat "$RUN/server.log" >&2; die "server exited during startup"; }
+    [[ $i == 300 ]] && die "server not listening after 30s"
+    sleep 0.1
+done
+
+# CPU ticks (utime+stime, all threads) of the server; empty once it is gone.
+cpu_ticks() {
+    local st
+    st=$(<"/proc/$SPID/stat") 2>/dev/null || return 0
+    st=${st##*) }              # drop "pid (comm) "; fields now start at state (field 3)
+    local -a f=($st)
+    echo $((f[11] + f[12]))    # fields 14 and 15
+}
+
+# Sampler: every 100 ms, VmRSS / VmHWM (kB) and CPU ticks; pure bash reads, one fork (sleep).
+(
+    while [[ -r /proc/$SPID/status ]]; do
+        rss=0 hwm=0
+        while read -r k v _; do
+            case $k in VmRSS:) rss=$v ;; VmHWM:) hwm=$v ;; esac
+        done <"/proc/$SPID/status" 2>/dev/null || break
+        st=$(<"/proc/$SPID/stat") 2>/dev/null || break
+        st=${st##*) }
+        f=($st)
+        echo "$EPOCHREALTIME $rss $hwm $((f[11] + f[12]))"
+        sleep 0.1
+    done
+) >"$RUN/samples.txt" 2>/dev/null &
+SAMPLER_PID=$!
+
+# ---------------------------------------------------------------------------- replay
+CPU_START=$(cpu_ticks)
+T_START=$EPOCHREALTIME
+log "replay: $CONNECTIONS connection(s), window $WINDOW"
+set +e
+"$BENCH" replay --addr "127.0.0.1:$PORT" --file "$STREAM" --connections "$CONNECTIONS" \
+    --window "$WINDOW" >"$RUN/replay.out"
+REPLAY_RC=$?
+set -e
+T_ACKED=$EPOCHREALTIME
+CPU_ACKED=$(cpu_ticks)
+cat "$RUN/replay.out" >&2
+
+# ---------------------------------------------------------------------------- shutdown
+HWM_BEFORE_TERM=$(awk '/^VmHWM:/ {print $2}' "/proc/$SPID/status")
+log "SIGTERM to server"
+kill -TERM "$SPID"
+set +e
+if [[ -n $TIME_PID ]]; then wait "$TIME_PID"; else wait "$SPID"; fi
+SERVER_RC=$?
+set -e
+T_EXIT=$EPOCHREALTIME
+SPID_DONE=$SPID
+SPID=
+wait "$SAMPLER_PID" 2>/dev/null || true
+SAMPLER_PID=
+[[ $SERVER_RC == 0 ]] || log "WARNING: server exited with status $SERVER_RC"
+tail -n 5 "$RUN/server.log" | sed 's/^/[server] /' >&2 || true
+
+read -r MAX_RSS_KB LAST_HWM_KB LAST_TICKS < <(awk '
+    $2 > m { m = $2 } { h = $3; t = $4 } END { print m + 0, h + 0, t + 0 }' "$RUN/samples.txt")
+if [[ -s $RUN/server.time ]]; then
+    read -r _ S_USER S_SYS TIME_MAXRSS_KB < <(tail -n1 "$RUN/server.time")
+    SERVER_CPU=$(awk -v u="$S_USER" -v s="$S_SYS" 'BEGIN { printf "%.2f", u + s }')
+else
+    TIME_MAXRSS_KB=0
+    SERVER_CPU=$(awk -v t="$LAST_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
+fi
+PEAK_RSS_KB=$(printf '%s\n' "$MAX_RSS_KB" "$LAST_HWM_KB" "${HWM_BEFORE_TERM:-0}" "$TIME_MAXRSS_KB" | sort -n | tail -n1)
+
+# ---------------------------------------------------------------------------- output checks
+OBJ_DIR=$DATA_DIR/objects
+[[ -d $OBJ_DIR ]] || die "no objects folder $OBJ_DIR"
+OBJECTS=$(find "$OBJ_DIR" -type f | wc -l)
+OBJ_BYTES=$(find "$OBJ_DIR" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
+BUFFER_LEFT=$( (find "$DATA_DIR/buffer" -type f 2>/dev/null || true) | wc -l)
+NDJSON=$RUN/all.ndjson
+find "$OBJ_DIR" -type f -print0 | sort -z | xargs -0 -r gzip -dc >"$NDJSON"
+NDJSON_BYTES=$(stat -c %s "$NDJSON")
+LINES=$(wc -l <"$NDJSON")
+CHECKS_OK=1
+[[ $REPLAY_RC == 0 ]] || { log "FAIL: replay failed (missing or wrong acks)"; CHECKS_OK=0; }
+[[ $SERVER_RC == 0 ]] || { log "FAIL: server exit status $SERVER_RC"; CHECKS_OK=0; }
+[[ $LINES == "$RECORDS" ]] || { log "FAIL: $LINES NDJSON lines, expected $RECORDS"; CHECKS_OK=0; }
+if ! "$BENCH" verify --meta "$STREAM.meta" --file "$NDJSON" >"$RUN/verify.out"; then
+    log "FAIL: verify (see below)"; CHECKS_OK=0
+fi
+cat "$RUN/verify.out" >&2
+
+# ---------------------------------------------------------------------------- baselines
+log "baseline: gzip -6"
+/usr/bin/time -f '%U %S' -o "$RUN/gzip.time" gzip -6 -c "$NDJSON" >"$RUN/all.gz"
+GZIP_BYTES=$(stat -c %s "$RUN/all.gz")
+GZIP_CPU=$(awk '{ printf "%.2f", $1 + $2 }' "$RUN/gzip.time")
+rm -f "$RUN/all.gz"
+log "baseline: flate2 (zlib-rs) level $LEVEL"
+"$BENCH" compress --level "$LEVEL" --file "$NDJSON" >"$RUN/compress.out"
+FL_BYTES=$(awk '/^compress.output_bytes:/ {print $2}' "$RUN/compress.out")
+FL_CPU=$(awk '/^compress.cpu_s:/ {print $2}' "$RUN/compress.out")
+
+# ---------------------------------------------------------------------------- report
+rv() { awk -v k="$1" '$1 == k":" {print $2}' "$RUN/replay.out"; }
+EVENTS=$(rv replay.events_acked)
+REPLAY_WALL=$(rv replay.wall_s)
+EPS=$(rv replay.events_per_s)
+P50=$(rv replay.ack_latency_ms_p50)
+P99=$(rv replay.ack_latency_ms_p99)
+CLIENT_CPU=$(rv replay.client_cpu_s)
+
+awk \
+    -v records="$RECORDS" -v events="${EVENTS:-0}" -v eps="${EPS:-0}" -v wall="${REPLAY_WALL:-0}" \
+    -v t0="$T_START" -v tack="$T_ACKED" -v texit="$T_EXIT" \
+    -v c0="${CPU_START:-0}" -v cack="${CPU_ACKED:-0}" -v hz="$CLK_TCK" \
+    -v scpu="$SERVER_CPU" -v peak="$PEAK_RSS_KB" -v hwm="${HWM_BEFORE_TERM:-0}" -v maxrss="$MAX_RSS_KB" \
+    -v objs="$OBJECTS" -v objbytes="$OBJ_BYTES" -v ndjson="$NDJSON_BYTES" -v streamb="$STREAM_BYTES" \
+    -v gzb="$GZIP_BYTES" -v gzc="$GZIP_CPU" -v flb="$FL_BYTES" -v flc="$FL_CPU" -v level="$LEVEL" \
+    -v p50="${P50:-nan}" -v p99="${P99:-nan}" -v ccpu="${CLIENT_CPU:-0}" -v nproc="$NPROC" \
+    -v conns="$CONNECTIONS" -v window="$WINDOW" -v left="$BUFFER_LEFT" '
+function pf(ok) { return ok ? "PASS" : "FAIL" }
+BEGIN {
+    replay_cpu = (cack - c0) / hz
+    busy_replay = wall > 0 ? replay_cpu / wall : 0
+    shutdown_s = texit - tack
+    life = texit - t0
+    busy_all = life > 0 ? scpu / life : 0
+    per_m = events > 0 ? scpu * 1e6 / events : 0
+    rb = gzb > 0 ? objbytes / gzb : 0
+    rc = flc > 0 ? scpu / flc : 0
+    rc_replay = flc > 0 ? replay_cpu / flc : 0
+    printf "\n== rin-ship forward benchmark: %d records, level %d, %d connection(s) x window %d, %d cores ==\n", records, level, conns, window, nproc
+    printf "%-46s %16s   %s\n", "figure", "value", "target"
+    printf "%-46s %16d\n", "events acked", events
+    printf "%-46s %16.2f\n", "replay wall s (first send -> last ack)", wall
+    printf "%-46s %16.0f\n", "events/s", eps
+    printf "%-46s %16.1f / %.1f\n", "ack latency ms p50 / p99", p50, p99
+    printf "%-46s %16.2f\n", "shutdown s (SIGTERM -> exit)", shutdown_s
+    printf "%-46s %16.2f\n", "server CPU s, lifetime (user+sys)", scpu
+    printf "%-46s %16.2f\n", "server CPU s during replay", replay_cpu
+    printf "%-46s %16.2f\n", "server CPU s per 1M events", per_m
+    printf "%-46s %16.2f   %s (>= %.1f of %d cores)\n", "server cores busy during replay", busy_replay, pf(busy_replay >= 0.9 * nproc), 0.9 * nproc, nproc
+    printf "%-46s %16.2f\n", "server + load client cores busy during replay", busy_replay + (wall > 0 ? ccpu / wall : 0)
+    printf "%-46s %16.2f\n", "server cores busy, replay start -> exit", busy_all
+    printf "%-46s %16.2f\n", "load client CPU s (shares the cores)", ccpu
+    printf "%-46s %16.1f   %s (<= 100 MB)\n", "peak RSS MB", peak / 1024, pf(peak / 1024 <= 100)
+    printf "%-46s %16d\n", "msgpack stream bytes", streamb
+    printf "%-46s %16d\n", "NDJSON bytes (decompressed objects)", ndjson
+    printf "%-46s %16d\n", "objects", objs
+    printf "%-46s %16d\n", "files left in buffer dir after exit", left
+    printf "%-46s %16d\n", "rin-ship compressed bytes (sum of objects)", objbytes
+    printf "%-46s %16d\n", "gzip -6 bytes", gzb
+    printf "%-46s %16.2f\n", "gzip -6 CPU s", gzc
+    printf "%-46s %16d\n", "flate2 (zlib-rs) level " level " bytes", flb
+    printf "%-46s %16.2f\n", "flate2 (zlib-rs) level " level " CPU s", flc
+    printf "%-46s %16.3f   %s (<= 1.03)\n", "ratio bytes rin-ship / gzip -6", rb, pf(rb > 0 && rb <= 1.03)
+    printf "%-46s %16.2f   %s (<= 1.30)\n", "ratio CPU rin-ship / flate2 level " level, rc, pf(rc > 0 && rc <= 1.30)
+    printf "%-46s %16.2f\n", "ratio CPU (replay only) / flate2 level " level, rc_replay
+}'
+
+if [[ $CHECKS_OK == 1 ]]; then
+    printf '%-46s %16s\n' "checks (acks, line count, ids, exit 0)" "OK"
+else
+    printf '%-46s %16s\n' "checks (acks, line count, ids, exit 0)" "FAILED"
+    exit 1
+fi

@@ -1,0 +1,452 @@
+//! One chunk on disk: `<seq>.json.gz`, the exact bytes of the object to upload (one gzip
+//! member of NDJSON), and `<seq>.journal`, the record of its durable points.
+//!
+//! Appends go through a raw deflate stream. A commit ends the current deflate block with a
+//! sync flush (byte-aligned, so the prefix up to it is decodable), fsyncs the data file, then
+//! appends and fsyncs a journal record holding that offset with the uncompressed length and
+//! CRC-32 so far. Sealing appends an empty final block (`03 00`) and the gzip trailer from those
+//! two numbers. Recovery after a crash does exactly the same from the last journal record, so
+//! a recovered chunk ends where its last ack was given: nothing acked is lost, and nothing that
+//! was not acked survives to be stored twice when the client resends it.
+
+use crate::msgpack::EventTime;
+use base64::Engine;
+use flate2::{Compress, Compression, FlushCompress};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+/// An empty final deflate block with fixed Huffman codes: BFINAL=1, BTYPE=01, end-of-block.
+const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
+/// Compressed output is written to the file once this much has accumulated, to bound memory.
+const WRITE_THRESHOLD: usize = 1 << 20;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Record {
+    Open {
+        seq: u64,
+        partition: String,
+    },
+    Commit {
+        /// Data file length at this durable point.
+        offset: u64,
+        /// Uncompressed bytes, events and CRC-32 of everything up to it.
+        bytes: u64,
+        events: u64,
+        crc: u32,
+        first_secs: i64,
+        first_nanos: u32,
+        /// Forward `chunk` ids acked by this commit (base64 of their raw bytes).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<String>,
+    },
+    Sealed {
+        size: u64,
+    },
+}
+
+/// A sealed chunk, ready to ship.
+#[derive(Debug, Clone)]
+pub struct SealedChunk {
+    pub seq: u64,
+    pub partition: String,
+    pub first_time: EventTime,
+    pub events: u64,
+    /// Uncompressed NDJSON bytes.
+    pub bytes: u64,
+    /// Object size (compressed).
+    pub size: u64,
+    pub data_path: PathBuf,
+    pub journal_path: PathBuf,
+}
+
+impl SealedChunk {
+    pub fn disk_bytes(&self) -> u64 {
+        self.size + std::fs::metadata(&self.journal_path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+pub fn data_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:010}.json.gz"))
+}
+
+pub fn journal_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:010}.journal"))
+}
+
+/// The sequence number of a chunk file name, if it is one of ours.
+pub fn seq_of(name: &str) -> Option<u64> {
+    let stem = name
+        .strip_suffix(".journal")
+        .or_else(|| name.strip_suffix(".json.gz"))?;
+    stem.parse().ok()
+}
+
+pub struct OpenChunk {
+    pub seq: u64,
+    dir: PathBuf,
+    data: File,
+    journal: File,
+    fsync: bool,
+    deflate: Compress,
+    crc: crc32fast::Hasher,
+    /// Compressed bytes produced but not yet written to the file.
+    out: Vec<u8>,
+    /// Bytes in the data file.
+    written: u64,
+    pub bytes: u64,
+    pub events: u64,
+    pub first_time: Option<EventTime>,
+    pub opened_at: Instant,
+    ids: Vec<Vec<u8>>,
+    /// Appended since the last commit.
+    dirty: bool,
+    committed_bytes: u64,
+}
+
+impl OpenChunk {
+    pub fn create(dir: &Path, seq: u64, partition: &str, level: u32, fsync: bool) -> io::Result<OpenChunk> {
+        let mut data = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(data_path(dir, seq))?;
+        data.write_all(&GZIP_HEADER)?;
+        let mut journal = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(journal_path(dir, seq))?;
+        write_record(
+            &mut journal,
+            &Record::Open {
+                seq,
+                partition: partition.to_string(),
+            },
+        )?;
+        if fsync {
+            journal.sync_data()?;
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(OpenChunk {
+            seq,
+            dir: dir.to_path_buf(),
+            data,
+            journal,
+            fsync,
+            deflate: Compress::new(Compression::new(level), false),
+            crc: crc32fast::Hasher::new(),
+            out: Vec::with_capacity(WRITE_THRESHOLD + (64 << 10)),
+            written: GZIP_HEADER.len() as u64,
+            bytes: 0,
+            events: 0,
+            first_time: None,
+            opened_at: Instant::now(),
+            ids: Vec::new(),
+            dirty: false,
+            committed_bytes: 0,
+        })
+    }
+
+    /// Compresses whole lines into the chunk. Not durable until `commit`.
+    pub fn append(&mut self, lines: &[u8], events: u64, first_time: EventTime, id: Option<Vec<u8>>) -> io::Result<()> {
+        self.crc.update(lines);
+        deflate(&mut self.deflate, lines, &mut self.out, FlushCompress::None)?;
+        self.bytes += lines.len() as u64;
+        self.events += events;
+        self.first_time.get_or_insert(first_time);
+        self.ids.extend(id);
+        self.dirty = true;
+        if self.out.len() >= WRITE_THRESHOLD {
+            self.data.write_all(&self.out)?;
+            self.written += self.out.len() as u64;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Makes everything appended so far durable: sync flush, fsync data, journal, fsync journal.
+    pub fn commit(&mut self) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        deflate(&mut self.deflate, &[], &mut self.out, FlushCompress::Sync)?;
+        self.data.write_all(&self.out)?;
+        self.written += self.out.len() as u64;
+        self.out.clear();
+        if self.fsync {
+            self.data.sync_data()?;
+        }
+        let first = self.first_time.unwrap_or(EventTime { secs: 0, nanos: 0 });
+        let engine = &base64::engine::general_purpose::STANDARD;
+        write_record(
+            &mut self.journal,
+            &Record::Commit {
+                offset: self.written,
+                bytes: self.bytes,
+                events: self.events,
+                crc: self.crc.clone().finalize(),
+                first_secs: first.secs,
+                first_nanos: first.nanos,
+                ids: self.ids.drain(..).map(|id| engine.encode(id)).collect(),
+            },
+        )?;
+        if self.fsync {
+            self.journal.sync_data()?;
+        }
+        self.dirty = false;
+        self.committed_bytes = self.written;
+        Ok(())
+    }
+
+    /// Compressed bytes on disk (what counts against the quota).
+    pub fn disk_bytes(&self) -> u64 {
+        self.written
+    }
+
+    /// Commits, then closes the gzip member and marks the chunk sealed. `None` if it is empty.
+    pub fn seal(mut self) -> io::Result<Option<SealedChunk>> {
+        self.commit()?;
+        drop(self.data);
+        drop(self.journal);
+        recover(&self.dir, self.seq).map(|r| r.chunk)
+    }
+}
+
+/// Compresses `input` into `out` (growing it as needed) with the given flush mode.
+fn deflate(c: &mut Compress, mut input: &[u8], out: &mut Vec<u8>, flush: FlushCompress) -> io::Result<()> {
+    let flushing = !matches!(flush, FlushCompress::None);
+    loop {
+        if out.capacity() - out.len() < 32 << 10 {
+            out.reserve(256 << 10);
+        }
+        let before = c.total_in();
+        c.compress_vec(input, out, flush)
+            .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
+        input = &input[(c.total_in() - before) as usize..];
+        // A flush is complete once the compressor stops filling the output buffer.
+        if input.is_empty() && (!flushing || out.len() < out.capacity()) {
+            return Ok(());
+        }
+    }
+}
+
+fn write_record(file: &mut File, record: &Record) -> io::Result<()> {
+    let payload = serde_json::to_vec(record)?;
+    let mut framed = Vec::with_capacity(payload.len() + 8);
+    framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    framed.extend_from_slice(&payload);
+    file.write_all(&framed)
+}
+
+/// Reads journal records up to the first torn or corrupt one (a crash mid-append).
+fn read_journal(path: &Path) -> io::Result<Vec<Record>> {
+    let mut raw = Vec::new();
+    File::open(path)?.read_to_end(&mut raw)?;
+    let mut records = Vec::new();
+    let mut rest = raw.as_slice();
+    while rest.len() >= 8 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
+        let Some(payload) = rest.get(8..8 + len) else { break };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        match serde_json::from_slice(payload) {
+            Ok(r) => records.push(r),
+            Err(_) => break,
+        }
+        rest = &rest[8 + len..];
+    }
+    Ok(records)
+}
+
+/// What recovery found for one chunk.
+pub struct Recovered {
+    /// The sealed chunk; `None` when it held no acked events (its files are removed).
+    pub chunk: Option<SealedChunk>,
+    /// Forward chunk ids it acked, for resend dedupe.
+    pub ids: Vec<Vec<u8>>,
+    /// Compressed bytes cut off the end: written but never acked.
+    pub truncated: u64,
+}
+
+/// Brings a chunk to the sealed state from whatever a crash left: cuts the data file back to
+/// its last durable point, closes the gzip member there and records the seal. Idempotent.
+pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
+    let (data_p, journal_p) = (data_path(dir, seq), journal_path(dir, seq));
+    let records = match read_journal(&journal_p) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let data_len = match std::fs::metadata(&data_p) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let partition = match records.first() {
+        Some(Record::Open { partition, .. }) => partition.clone(),
+        _ if data_len <= GZIP_HEADER.len() as u64 => {
+            remove_both(&data_p, &journal_p)?;
+            return Ok(Recovered { chunk: None, ids: Vec::new(), truncated: 0 });
+        }
+        _ => {
+            return Err(io::Error::other(format!(
+                "chunk {} has data but no readable journal; left in place for inspection",
+                data_p.display()
+            )));
+        }
+    };
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let mut ids = Vec::new();
+    let mut sealed_size = None;
+    // The newest commit whose bytes are really on disk.
+    let mut last = None;
+    for r in &records {
+        match r {
+            Record::Commit { offset, ids: commit_ids, .. } => {
+                ids.extend(commit_ids.iter().filter_map(|id| engine.decode(id).ok()));
+                if *offset <= data_len {
+                    last = Some(r.clone());
+                }
+            }
+            Record::Sealed { size } => sealed_size = Some(*size),
+            Record::Open { .. } => {}
+        }
+    }
+    let Some(Record::Commit { offset, bytes, events, crc, first_secs, first_nanos, .. }) = last else {
+        remove_both(&data_p, &journal_p)?;
+        return Ok(Recovered { chunk: None, ids, truncated: data_len });
+    };
+    if events == 0 {
+        remove_both(&data_p, &journal_p)?;
+        return Ok(Recovered { chunk: None, ids, truncated: data_len });
+    }
+    let size = offset + FINAL_BLOCK.len() as u64 + 8;
+    let mut truncated = 0;
+    if sealed_size != Some(size) || data_len != size {
+        truncated = data_len.saturating_sub(offset);
+        let mut data = OpenOptions::new().write(true).open(&data_p)?;
+        data.set_len(offset)?;
+        let mut tail = Vec::with_capacity(10);
+        tail.extend_from_slice(&FINAL_BLOCK);
+        tail.extend_from_slice(&crc.to_le_bytes());
+        tail.extend_from_slice(&(bytes as u32).to_le_bytes());
+        std::io::Seek::seek(&mut data, io::SeekFrom::Start(offset))?;
+        data.write_all(&tail)?;
+        data.sync_data()?;
+        let mut journal = OpenOptions::new().append(true).open(&journal_p)?;
+        write_record(&mut journal, &Record::Sealed { size })?;
+        journal.sync_data()?;
+    }
+    Ok(Recovered {
+        chunk: Some(SealedChunk {
+            seq,
+            partition,
+            first_time: EventTime { secs: first_secs, nanos: first_nanos },
+            events,
+            bytes,
+            size,
+            data_path: data_p,
+            journal_path: journal_p,
+        }),
+        ids,
+        truncated,
+    })
+}
+
+pub fn remove_both(data: &Path, journal: &Path) -> io::Result<()> {
+    for p in [data, journal] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::read::GzDecoder;
+
+    fn gunzip(path: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        GzDecoder::new(File::open(path).unwrap()).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    fn t() -> EventTime {
+        EventTime { secs: 1_700_000_000, nanos: 0 }
+    }
+
+    #[test]
+    fn seal_gives_one_valid_gzip_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = OpenChunk::create(dir.path(), 7, "app", 6, true).unwrap();
+        c.append(b"{\"a\":1}\n", 1, t(), Some(b"id1".to_vec())).unwrap();
+        c.commit().unwrap();
+        c.append(b"{\"a\":2}\n", 1, t(), None).unwrap();
+        let sealed = c.seal().unwrap().unwrap();
+        assert_eq!(sealed.events, 2);
+        assert_eq!(gunzip(&sealed.data_path), b"{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(std::fs::metadata(&sealed.data_path).unwrap().len(), sealed.size);
+        // A second recovery of a sealed chunk changes nothing.
+        let again = recover(dir.path(), 7).unwrap();
+        assert_eq!(again.chunk.unwrap().size, sealed.size);
+        assert_eq!(again.ids, vec![b"id1".to_vec()]);
+    }
+
+    #[test]
+    fn crash_recovery_cuts_back_to_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = OpenChunk::create(dir.path(), 1, "app", 6, true).unwrap();
+        let mut acked = Vec::new();
+        for i in 0..2000 {
+            let line = format!("{{\"seq\":{i},\"pad\":\"{}\"}}\n", "x".repeat(i % 97));
+            c.append(line.as_bytes(), 1, t(), None).unwrap();
+            if i % 100 == 99 {
+                c.commit().unwrap();
+                acked.push(i);
+            }
+        }
+        // Uncommitted appends beyond the last commit, forced to disk as a crash would leave them.
+        for i in 2000..2100 {
+            c.append(format!("{{\"seq\":{i}}}\n").as_bytes(), 1, t(), None).unwrap();
+        }
+        deflate(&mut c.deflate, &[], &mut c.out, FlushCompress::Sync).unwrap();
+        c.data.write_all(&c.out).unwrap();
+        // Garbage from a torn journal append.
+        c.journal.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        std::mem::forget(c);
+        let r = recover(dir.path(), 1).unwrap();
+        let sealed = r.chunk.unwrap();
+        assert!(r.truncated > 0);
+        let text = String::from_utf8(gunzip(&sealed.data_path)).unwrap();
+        assert_eq!(text.lines().count(), 2000);
+        assert_eq!(sealed.events, 2000);
+        assert!(text.ends_with("\n") && text.contains("\"seq\":1999,"));
+        assert!(!text.contains("\"seq\":2000"));
+    }
+
+    #[test]
+    fn chunk_without_commits_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = OpenChunk::create(dir.path(), 3, "app", 6, true).unwrap();
+        c.append(b"{}\n", 1, t(), None).unwrap();
+        std::mem::forget(c);
+        let r = recover(dir.path(), 3).unwrap();
+        assert!(r.chunk.is_none());
+        assert!(!data_path(dir.path(), 3).exists());
+        assert!(!journal_path(dir.path(), 3).exists());
+    }
+}

@@ -1,0 +1,504 @@
+//! The YAML configuration: every field has a default, so `rin-ship serve` with no file runs the
+//! whole pipeline on local folders. Owns loading, `${VAR}` expansion and validation; it must
+//! never let an invalid config reach the pipeline, and never echo a secret in an error.
+
+use crate::route::TagPattern;
+use crate::ship::key::KeyTemplate;
+use crate::units::{ByteSize, Span};
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node id written into object keys. Empty: `<hostname>-<random suffix kept in data_dir>`.
+    pub node: String,
+    /// Root of everything rin-ship keeps on disk.
+    pub data_dir: PathBuf,
+    pub forward: ForwardConfig,
+    pub buffer: BufferConfig,
+    pub ship: ShipConfig,
+    /// Named object stores. A store named `local` (a folder under data_dir) always exists.
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// Routing: the first target whose `match` patterns match an event's tag receives it.
+    pub targets: Vec<TargetConfig>,
+    /// Target for tags that match no target. Empty: such events are refused (not acked,
+    /// counted, logged), never dropped silently.
+    pub fallback: String,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    /// Largest msgpack frame accepted on a connection.
+    pub max_frame_bytes: ByteSize,
+    /// Largest decompressed payload of one CompressedPackedForward frame (bomb guard).
+    pub max_decompressed_bytes: ByteSize,
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Span,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Where chunks live. Empty: `<data_dir>/buffer`.
+    pub dir: PathBuf,
+    /// Open chunks (compressor threads) per target. 0: one per CPU core.
+    pub shards: usize,
+    /// Seal a chunk once it holds this many uncompressed NDJSON bytes.
+    pub seal_bytes: ByteSize,
+    /// Seal a chunk this long after its first event, however small.
+    pub seal_age: Span,
+    /// Disk quota for the buffer; at the quota intake stops reading and acking.
+    pub quota: ByteSize,
+    /// gzip level 1..=9 (6 is gzip's default).
+    pub compression_level: u32,
+    /// fsync before acking. Turning this off trades the ack guarantee for speed.
+    pub fsync: bool,
+    /// How long a forward `chunk` id is remembered, so a client's resend of a chunk whose ack
+    /// it missed is acked again instead of stored twice.
+    pub dedupe_window: Span,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShipConfig {
+    /// Uploads in flight at once.
+    pub concurrency: usize,
+    /// On SIGTERM, how long to keep uploading before exiting (the rest ships on next start).
+    pub shutdown_timeout: Span,
+    /// Upper bound of the retry backoff between failed uploads.
+    pub max_backoff: Span,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// Objects as files under a folder: the embedded default, and handy for tests.
+    Local { dir: PathBuf },
+    /// Amazon S3 or an S3-compatible server.
+    S3(S3Config),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Prepended to every key of this store.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Custom endpoint for S3-compatible servers (moto, MinIO, s3s-fs...).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Static credentials; leave unset to use the default AWS credential chain.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Objects at least this large go up as multipart uploads.
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold: ByteSize,
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
+    /// Attempts per request inside the SDK before the shipper's own backoff takes over.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_multipart_threshold() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_part_size() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_max_attempts() -> u32 {
+    4
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// `2024-05-01T12:34:56.789012Z`, with `time_precision` fractional digits.
+    Rfc3339,
+    /// Seconds since the epoch, with `time_precision` fractional digits.
+    EpochSeconds,
+    /// Whole milliseconds since the epoch.
+    EpochMillis,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    pub name: String,
+    /// fluentd-style tag patterns: `app.**`, `*.access`, `{a,b}.log`.
+    #[serde(rename = "match")]
+    pub patterns: Vec<String>,
+    pub store: String,
+    /// Object key template: `{tag}`, `{tag[N]}`, `{target}`, `{node}`, `{seq}` and strftime
+    /// fields of the chunk's first event time (UTC). Must contain `{seq}`.
+    pub key: String,
+    /// Name of the event-time field added to each line; empty: none.
+    pub time_key: String,
+    pub time_format: TimeFormat,
+    /// Fractional digits of the time field (0..=9).
+    pub time_precision: u8,
+    /// Name of the tag field added to each line; empty: none.
+    pub tag_key: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: String::new(),
+            data_dir: PathBuf::from("./rin-data"),
+            forward: ForwardConfig::default(),
+            buffer: BufferConfig::default(),
+            ship: ShipConfig::default(),
+            stores: BTreeMap::new(),
+            targets: Vec::new(),
+            fallback: String::new(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            enabled: true,
+            bind: "127.0.0.1:24224".parse().unwrap(),
+            max_frame_bytes: ByteSize(64 << 20),
+            max_decompressed_bytes: ByteSize(256 << 20),
+            max_connections: 1024,
+            idle_timeout: Span(Duration::from_secs(600)),
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            dir: PathBuf::new(),
+            shards: 0,
+            seal_bytes: ByteSize(64 << 20),
+            seal_age: Span(Duration::from_secs(60)),
+            quota: ByteSize(2 << 30),
+            compression_level: 6,
+            fsync: true,
+            dedupe_window: Span(Duration::from_secs(600)),
+        }
+    }
+}
+
+impl Default for ShipConfig {
+    fn default() -> Self {
+        ShipConfig {
+            concurrency: 4,
+            shutdown_timeout: Span(Duration::from_secs(30)),
+            max_backoff: Span(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: "127.0.0.1:2021".parse().unwrap(),
+        }
+    }
+}
+
+pub const DEFAULT_KEY: &str = "logs/{tag}/dt=%Y-%m-%d/hour=%H/{node}-{seq}.json.gz";
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            name: "default".into(),
+            patterns: vec!["**".into()],
+            store: "local".into(),
+            key: DEFAULT_KEY.into(),
+            time_key: "time".into(),
+            time_format: TimeFormat::Rfc3339,
+            time_precision: 6,
+            tag_key: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, expands and validates a config file; `None` gives the embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                Self::parse(&text).with_context(|| format!("config file {}", path.display()))?
+            }
+        };
+        config.fill_defaults();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses YAML text: `${VAR}` references in string values are expanded first.
+    pub fn parse(text: &str) -> Result<Config> {
+        let mut value: serde_norway::Value =
+            serde_norway::from_str(text).map_err(|e| anyhow::anyhow!("invalid YAML: {e}"))?;
+        if value.is_null() {
+            return Ok(Config::default());
+        }
+        expand_env(&mut value, &mut String::new())?;
+        serde_path_to_error::deserialize(value).map_err(|err| {
+            let path = err.path().to_string();
+            anyhow::anyhow!("field `{path}`: {}", err.into_inner())
+        })
+    }
+
+    fn fill_defaults(&mut self) {
+        if self.buffer.dir.as_os_str().is_empty() {
+            self.buffer.dir = self.data_dir.join("buffer");
+        }
+        if self.buffer.shards == 0 {
+            self.buffer.shards = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+        }
+        self.stores
+            .entry("local".into())
+            .or_insert_with(|| StoreConfig::Local {
+                dir: self.data_dir.join("objects"),
+            });
+        if self.targets.is_empty() {
+            self.targets.push(TargetConfig::default());
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            let field = |f: &str| format!("field `targets[{i}].{f}`");
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                bail!(
+                    "{}: `{}` must be non-empty and use only letters, digits, `_` and `-`",
+                    field("name"),
+                    t.name
+                );
+            }
+            if !names.insert(t.name.as_str()) {
+                bail!("{}: target `{}` is defined twice", field("name"), t.name);
+            }
+            if t.patterns.is_empty() {
+                bail!("{}: give at least one tag pattern", field("match"));
+            }
+            for p in &t.patterns {
+                TagPattern::parse(p).map_err(|e| anyhow::anyhow!("{}: {e}", field("match")))?;
+            }
+            if !self.stores.contains_key(&t.store) {
+                bail!(
+                    "{}: no store named `{}` (known: {})",
+                    field("store"),
+                    t.store,
+                    self.stores.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            KeyTemplate::parse(&t.key).map_err(|e| anyhow::anyhow!("{}: {e}", field("key")))?;
+            if t.time_precision > 9 {
+                bail!("{}: must be 0..=9", field("time_precision"));
+            }
+        }
+        if !self.fallback.is_empty() && !names.contains(self.fallback.as_str()) {
+            bail!("field `fallback`: no target named `{}`", self.fallback);
+        }
+        if !(1..=9).contains(&self.buffer.compression_level) {
+            bail!("field `buffer.compression_level`: must be 1..=9");
+        }
+        if self.buffer.shards > 256 {
+            bail!("field `buffer.shards`: at most 256");
+        }
+        if self.buffer.seal_bytes.0 < 1024 {
+            bail!("field `buffer.seal_bytes`: at least 1KiB");
+        }
+        if self.ship.concurrency == 0 {
+            bail!("field `ship.concurrency`: at least 1");
+        }
+        for (name, store) in &self.stores {
+            if let StoreConfig::S3(s3) = store {
+                if s3.bucket.is_empty() {
+                    bail!("field `stores.{name}.bucket`: must not be empty");
+                }
+                if s3.part_size.0 < 5 << 20 {
+                    bail!("field `stores.{name}.part_size`: S3 needs parts of at least 5MiB");
+                }
+                if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                    bail!(
+                        "field `stores.{name}`: set both access_key_id and secret_access_key, or neither"
+                    );
+                }
+                if cfg!(not(feature = "s3")) {
+                    bail!(
+                        "field `stores.{name}`: this rin-ship was built without the `s3` feature"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in every string value; `$${` is a literal `${`.
+/// A missing variable is an error naming the field and the variable, never its neighbours'
+/// values (they may be secrets).
+fn expand_env(value: &mut serde_norway::Value, path: &mut String) -> Result<()> {
+    use serde_norway::Value;
+    match value {
+        Value::String(s) if s.contains('$') => {
+            *s = expand_str(s, &|name| std::env::var(name).ok())
+                .map_err(|e| anyhow::anyhow!("field `{path}`: {e}"))?;
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(item, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k.as_str().unwrap_or("?"));
+                expand_env(v, path)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| "unclosed `${` (write `$${` for a literal)".to_string())?;
+            let inner = &tail[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(format!("`${{{inner}}}` is not a valid variable reference"));
+            }
+            match (lookup(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!("environment variable `{name}` is not set"));
+                }
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KEY" => Some("s3cr3t".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_references() {
+        assert_eq!(expand_str("a${KEY}b", &env).unwrap(), "as3cr3tb");
+        assert_eq!(expand_str("${NOPE:-dflt}", &env).unwrap(), "dflt");
+        assert_eq!(expand_str("$${KEY} $5", &env).unwrap(), "${KEY} $5");
+        let err = expand_str("${NOPE}", &env).unwrap_err();
+        assert!(err.contains("NOPE"), "{err}");
+        assert!(expand_str("${KEY", &env).is_err());
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let mut c = Config::parse("").unwrap();
+        c.fill_defaults();
+        c.validate().unwrap();
+        assert_eq!(c.targets[0].name, "default");
+        assert_eq!(c.forward.bind.port(), 24224);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = Config::parse("buffer:\n  seal_bytes: 12 parsecs\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("buffer.seal_bytes"), "{msg}");
+        let err = Config::parse("targets:\n  - name: a\n    colour: red\n").unwrap_err();
+        assert!(format!("{err:#}").contains("colour"), "{err:#}");
+    }
+
+    #[test]
+    fn validation_names_the_target_field() {
+        let mut c =
+            Config::parse("targets:\n  - name: a\n    store: nowhere\n").unwrap();
+        c.fill_defaults();
+        let msg = format!("{:#}", c.validate().unwrap_err());
+        assert!(msg.contains("targets[0].store"), "{msg}");
+        let mut c = Config::parse("targets:\n  - name: a\n    key: 'x/{tag}.gz'\n").unwrap();
+        c.fill_defaults();
+        let msg = format!("{:#}", c.validate().unwrap_err());
+        assert!(msg.contains("targets[0].key") && msg.contains("{seq}"), "{msg}");
+    }
+}

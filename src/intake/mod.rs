@@ -1,0 +1,170 @@
+//! Intake: protocol servers that accept events from clients and hand them to the buffer.
+//! Owns routing of tags to targets and the ack contract shared by every protocol; it must
+//! never tell a client "stored" (ack, 2xx) before the buffer made the events durable.
+
+pub mod forward;
+
+use crate::buffer::{Batch, Buffer, Claim};
+use crate::route::Router;
+use crate::transcode::{LineFormat, write_str};
+use forward::frame::{self, FrameError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+pub enum IngestError {
+    /// The frame is refused: the connection is closed and nothing of it is stored or acked.
+    Refused(FrameError),
+}
+
+/// A target as the intake sees it.
+pub struct TargetFormat {
+    pub name: String,
+    pub format: LineFormat,
+    /// Keys depend on the tag, so each tag gets its own chunks.
+    pub partition_by_tag: bool,
+}
+
+/// Routing, transcoding and submission, shared by all connections.
+pub struct Ingest {
+    pub buffer: Arc<Buffer>,
+    router: Router,
+    targets: Vec<TargetFormat>,
+    max_decompressed: usize,
+    /// tag -> (target, partition, tag as a JSON string); tags repeat, routing them once pays.
+    routes: Mutex<HashMap<String, Option<Arc<Route>>>>,
+}
+
+struct Route {
+    target: usize,
+    partition: Arc<str>,
+    tag_json: Vec<u8>,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+impl Ingest {
+    pub fn new(buffer: Arc<Buffer>, router: Router, targets: Vec<TargetFormat>, max_decompressed: usize) -> Ingest {
+        Ingest {
+            buffer,
+            router,
+            targets,
+            max_decompressed,
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn buffer_full(&self) -> bool {
+        self.buffer.usage.is_full()
+    }
+
+    pub async fn wait_for_room(&self) {
+        self.buffer.usage.wait_for_room().await
+    }
+
+    fn route(&self, tag: &str) -> Option<Arc<Route>> {
+        let mut routes = self.routes.lock().unwrap();
+        if let Some(r) = routes.get(tag) {
+            return r.clone();
+        }
+        if routes.len() > 10_000 {
+            routes.clear();
+        }
+        let route = self.router.route(tag).map(|target| {
+            let mut tag_json = Vec::with_capacity(tag.len() + 2);
+            write_str(&mut tag_json, tag);
+            Arc::new(Route {
+                target,
+                partition: if self.targets[target].partition_by_tag { Arc::from(tag) } else { Arc::from("") },
+                tag_json,
+            })
+        });
+        routes.insert(tag.to_string(), route.clone());
+        route
+    }
+
+    /// Takes one forward frame. `Ok(Some(ack))`: the frame asked for an ack, which resolves
+    /// (to the chunk id to echo) once its events are durable.
+    pub async fn forward_frame(&self, bytes: &[u8]) -> Result<Option<AckFuture>, IngestError> {
+        let refused = |reason, detail: String| IngestError::Refused(FrameError::new(reason, detail));
+        let Some(frame) = frame::parse(bytes).map_err(IngestError::Refused)? else {
+            return Ok(None);
+        };
+        if frame.options.signal != 0 {
+            return Err(refused(
+                "signal",
+                format!(
+                    "fluent_signal {} (metrics or traces) is not accepted here; send only logs",
+                    frame.options.signal
+                ),
+            ));
+        }
+        let Some(route) = self.route(frame.tag) else {
+            metrics::counter!("rin_events_refused_total", "reason" => "no_route").increment(1);
+            return Err(refused(
+                "no_route",
+                format!("tag `{}` matches no target and no fallback is configured", frame.tag),
+            ));
+        };
+        let chunk_id = frame.options.chunk.map(<[u8]>::to_vec);
+        let guard = match &chunk_id {
+            None => None,
+            Some(id) => loop {
+                match self.buffer.dedupe.claim(id) {
+                    Claim::New(guard) => break Some(guard),
+                    Claim::Stored => {
+                        metrics::counter!("rin_forward_resends_deduplicated_total").increment(1);
+                        let id = id.clone();
+                        return Ok(Some(Box::pin(async move { Ok(id) })));
+                    }
+                    Claim::InFlight(mut rx) => {
+                        let _ = rx.wait_for(|v| v.is_some()).await;
+                    }
+                }
+            },
+        };
+        let target = &self.targets[route.target];
+        let mut lines = Vec::with_capacity(bytes.len() * 2);
+        let mut times = target.format.renderer();
+        let result = frame
+            .transcode(&target.format, &mut times, &route.tag_json, self.max_decompressed, &mut lines)
+            .map_err(IngestError::Refused)?;
+        metrics::counter!("rin_events_in_total", "intake" => "forward", "target" => target.name.clone())
+            .increment(result.events);
+        let Some(first_time) = result.first_time else {
+            // Nothing to store (only group markers): the ack is true at once.
+            if let Some(g) = guard {
+                g.finish(true);
+            }
+            return Ok(chunk_id.map(|id| Box::pin(async move { Ok(id) }) as AckFuture));
+        };
+        let batch = Batch {
+            partition: route.partition.clone(),
+            lines,
+            events: result.events,
+            first_time,
+            chunk_id: chunk_id.clone(),
+        };
+        let durable = self
+            .buffer
+            .submit(route.target, batch)
+            .await
+            .map_err(|e| refused("unavailable", e))?;
+        let (Some(id), Some(guard)) = (chunk_id, guard) else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        Ok(Some(Box::pin(async move {
+            match durable.await {
+                Ok(Ok(())) => {
+                    guard.finish(true);
+                    metrics::histogram!("rin_ack_latency_seconds").record(started.elapsed().as_secs_f64());
+                    Ok(id)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("buffer stopped before the events were durable".to_string()),
+            }
+        })))
+    }
+}

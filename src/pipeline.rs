@@ -1,0 +1,164 @@
+//! `rin-ship serve`: wires the stages together (intake -> buffer -> ship), runs them, and
+//! shuts them down in order on SIGTERM/SIGINT: stop accepting, answer owed acks, seal every
+//! chunk, upload within the deadline, exit. What is not uploaded stays on disk for next start.
+
+use crate::buffer::Buffer;
+use crate::config::Config;
+use crate::intake::forward::ForwardServer;
+use crate::intake::{Ingest, TargetFormat};
+use crate::route::Router;
+use crate::ship::Shipper;
+use crate::ship::key::KeyTemplate;
+use crate::transcode::LineFormat;
+use anyhow::{Context, Result};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+pub async fn serve(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let _lock = lock_dir(&config.data_dir)?;
+    let node = node_id(&config)?;
+    let metrics = crate::telemetry::install_metrics()?;
+
+    let partition_by_tag: Vec<bool> = config
+        .targets
+        .iter()
+        .map(|t| KeyTemplate::parse(&t.key).map(|k| k.uses_tag()))
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+    let buffer = Arc::new(Buffer::open(&config, &partition_by_tag, sealed_tx)?);
+    let shipper = Arc::new(Shipper::new(&config, node.clone(), buffer.usage.clone()).await?);
+    let shipping = tokio::spawn(shipper.run(sealed_rx));
+
+    if config.metrics.enabled {
+        crate::telemetry::serve_ops(config.metrics.bind, metrics, buffer.usage.clone()).await?;
+    }
+    let tick_every = (config.buffer.seal_age.0 / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let ticker = {
+        let buffer = buffer.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick_every);
+            loop {
+                interval.tick().await;
+                buffer.tick();
+            }
+        })
+    };
+
+    let router = Router::new(
+        &config.targets.iter().map(|t| t.patterns.clone()).collect::<Vec<_>>(),
+        config.targets.iter().position(|t| t.name == config.fallback),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let formats = config
+        .targets
+        .iter()
+        .zip(&partition_by_tag)
+        .map(|(t, by_tag)| TargetFormat {
+            name: t.name.clone(),
+            format: LineFormat::new(&t.time_key, t.time_format, t.time_precision, &t.tag_key),
+            partition_by_tag: *by_tag,
+        })
+        .collect();
+    let ingest = Arc::new(Ingest::new(
+        buffer.clone(),
+        router,
+        formats,
+        config.forward.max_decompressed_bytes.0 as usize,
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let forward = if config.forward.enabled {
+        let server = ForwardServer::bind(&config.forward, ingest.clone()).await?;
+        Some(tokio::spawn(server.run(stop_rx.clone())))
+    } else {
+        None
+    };
+    info!(node = %node, targets = config.targets.len(), shards = config.buffer.shards, "rin-ship is running");
+
+    wait_for_signal().await?;
+    info!("shutting down: no new connections, sealing chunks");
+    let _ = stop_tx.send(true);
+    if let Some(forward) = forward {
+        let _ = forward.await;
+    }
+    ticker.abort();
+    buffer.close().await;
+    drop(ingest);
+    let deadline = config.ship.shutdown_timeout.0;
+    match tokio::time::timeout(deadline, shipping).await {
+        Ok(_) => info!("all sealed chunks uploaded; bye"),
+        Err(_) => warn!(
+            buffered_bytes = buffer.usage.used(),
+            "shutdown deadline of {deadline:?} reached with chunks not uploaded; they stay on disk and ship at the next start"
+        ),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// One process per data folder: two writers on the same chunks would corrupt them.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        anyhow::bail!(
+            "{} is in use by another rin-ship process (lock {} is held)",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+/// The configured node id, or `<hostname>-<suffix>` where the suffix is drawn once and kept in
+/// the data folder: a wiped data folder then gets new keys instead of overwriting old objects.
+fn node_id(config: &Config) -> Result<String> {
+    if !config.node.is_empty() {
+        return Ok(config.node.clone());
+    }
+    let path = config.data_dir.join("node_id");
+    let mut existing = String::new();
+    if let Ok(mut f) = std::fs::File::open(&path) {
+        f.read_to_string(&mut existing)?;
+        let id = existing.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let host = gethostname::gethostname().to_string_lossy().to_string();
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .collect();
+    let id = format!("{host}-{:08x}", rand::random::<u32>());
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}

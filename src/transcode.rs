@@ -1,0 +1,467 @@
+//! The hot path's transcoder: one msgpack record straight into one NDJSON line, appended to a
+//! byte buffer that goes to the compressor as is. Owns the JSON rendering of every msgpack
+//! type; it must never build an intermediate value tree and never emit invalid JSON or
+//! invalid UTF-8, whatever the input.
+//!
+//! Decisions a reader of the output needs to know:
+//! - A line is `{"<time_key>":<time>,"<tag_key>":"<tag>",<record keys...>}`; a record key
+//!   equal to the time or tag key is dropped (the event's own time and tag win, as fluentd's
+//!   `inject` does).
+//! - str and bin values become JSON strings; bytes that are not UTF-8 are replaced by U+FFFD
+//!   (binary payloads are rare in logs and a lossy string loads into any text column, where
+//!   base64 would silently change meaning).
+//! - Floats use the shortest representation that round-trips (f32 as f32); NaN and
+//!   infinities, which JSON cannot express, become `null`.
+//! - Integers keep full 64-bit range. Map keys that are not strings are written as strings of
+//!   their JSON form (`1` becomes `"1"`).
+//! - An EventTime ext inside a record is written as a time like the time field; any other ext
+//!   value becomes `{"ext_type":N,"data":"<base64>"}`.
+
+use crate::config::TimeFormat;
+use crate::msgpack::{DecodeError, EventTime, Reader, Result, invalid, type_name};
+use base64::Engine;
+use rmp::Marker;
+
+/// Nesting deeper than this is refused: logs never need it and recursion must stay bounded.
+const MAX_DEPTH: usize = 64;
+
+/// Renders event times, caching the calendar part of the last second seen (consecutive
+/// events nearly always share it).
+pub struct TimeRenderer {
+    format: TimeFormat,
+    precision: u8,
+    cached_secs: i64,
+    cached: [u8; 19],
+}
+
+impl TimeRenderer {
+    pub fn new(format: TimeFormat, precision: u8) -> Self {
+        TimeRenderer {
+            format,
+            precision: precision.min(9),
+            cached_secs: i64::MIN,
+            cached: [0; 19],
+        }
+    }
+
+    pub fn write(&mut self, out: &mut Vec<u8>, t: EventTime) -> Result<()> {
+        match self.format {
+            TimeFormat::Rfc3339 => {
+                if t.secs != self.cached_secs {
+                    let dt = chrono::DateTime::from_timestamp(t.secs, 0)
+                        .filter(|d| chrono::Datelike::year(d) <= 9999)
+                        .ok_or_else(|| DecodeError::Invalid(format!("time {} is out of range", t.secs)))?;
+                    let text = dt.format("%Y-%m-%dT%H:%M:%S").to_string();
+                    self.cached.copy_from_slice(text.as_bytes());
+                    self.cached_secs = t.secs;
+                }
+                out.push(b'"');
+                out.extend_from_slice(&self.cached);
+                self.fraction(out, t.nanos);
+                out.extend_from_slice(b"Z\"");
+            }
+            TimeFormat::EpochSeconds => {
+                out.extend_from_slice(itoa::Buffer::new().format(t.secs).as_bytes());
+                self.fraction(out, t.nanos);
+            }
+            TimeFormat::EpochMillis => {
+                let ms = t.secs as i128 * 1000 + (t.nanos / 1_000_000) as i128;
+                out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn fraction(&self, out: &mut Vec<u8>, nanos: u32) {
+        if self.precision == 0 {
+            return;
+        }
+        let mut digits = [0u8; 9];
+        let mut n = nanos;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.push(b'.');
+        out.extend_from_slice(&digits[..self.precision as usize]);
+    }
+}
+
+/// How lines are shaped for one target.
+pub struct LineFormat {
+    /// `"time":` ready to copy, and the bare key for collision checks.
+    time_prefix: Option<(Vec<u8>, Vec<u8>)>,
+    tag_prefix: Option<(Vec<u8>, Vec<u8>)>,
+    format: TimeFormat,
+    precision: u8,
+}
+
+impl LineFormat {
+    pub fn new(time_key: &str, format: TimeFormat, precision: u8, tag_key: &str) -> Self {
+        let prefix = |key: &str| {
+            (!key.is_empty()).then(|| {
+                let mut p = Vec::new();
+                write_str(&mut p, key);
+                p.push(b':');
+                (p, key.as_bytes().to_vec())
+            })
+        };
+        LineFormat {
+            time_prefix: prefix(time_key),
+            tag_prefix: prefix(tag_key),
+            format,
+            precision,
+        }
+    }
+
+    fn is_reserved(&self, key: &[u8]) -> bool {
+        self.time_prefix.as_ref().is_some_and(|(_, k)| k == key)
+            || self.tag_prefix.as_ref().is_some_and(|(_, k)| k == key)
+    }
+
+    pub fn renderer(&self) -> TimeRenderer {
+        TimeRenderer::new(self.format, self.precision)
+    }
+
+    /// Appends one line for `record` (the reader is positioned on it and is advanced past it).
+    /// `tag_json` is the tag already written as a JSON string. On error, `out` may hold a
+    /// partial line: the caller discards the whole frame.
+    pub fn write_line(
+        &self,
+        out: &mut Vec<u8>,
+        times: &mut TimeRenderer,
+        tag_json: &[u8],
+        time: EventTime,
+        record: &mut Reader,
+    ) -> Result<()> {
+        let Some(len) = record.map_len()? else {
+            return invalid(format!(
+                "record is a {}, expected a map",
+                type_name(record.peek()?)
+            ));
+        };
+        out.push(b'{');
+        let mut first = true;
+        if let Some((prefix, _)) = &self.time_prefix {
+            out.extend_from_slice(prefix);
+            times.write(out, time)?;
+            first = false;
+        }
+        if let Some((prefix, _)) = &self.tag_prefix {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(tag_json);
+            first = false;
+        }
+        for _ in 0..len {
+            let key_start = out.len();
+            if !first {
+                out.push(b',');
+            }
+            let key = write_key(out, record, times)?;
+            if key.is_some_and(|k| self.is_reserved(k)) {
+                out.truncate(key_start);
+                record.skip()?;
+                continue;
+            }
+            out.push(b':');
+            write_value(out, record, times, 1)?;
+            first = false;
+        }
+        out.extend_from_slice(b"}\n");
+        Ok(())
+    }
+}
+
+/// Writes a map key as a JSON string; returns the raw key when it was a str or bin.
+fn write_key<'a>(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'a>,
+    times: &mut TimeRenderer,
+) -> Result<Option<&'a [u8]>> {
+    if let Some(bytes) = r.bytes()? {
+        write_bytes_as_str(out, bytes);
+        return Ok(Some(bytes));
+    }
+    let mut scratch = Vec::new();
+    write_value(&mut scratch, r, times, 1)?;
+    let text = String::from_utf8_lossy(&scratch);
+    write_str(out, text.trim_matches('"'));
+    Ok(None)
+}
+
+fn write_value(out: &mut Vec<u8>, r: &mut Reader, times: &mut TimeRenderer, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return invalid(format!("record nests deeper than {MAX_DEPTH} levels"));
+    }
+    match r.peek()? {
+        Marker::Null => {
+            r.nil()?;
+            out.extend_from_slice(b"null");
+        }
+        Marker::True => {
+            r.skip()?;
+            out.extend_from_slice(b"true");
+        }
+        Marker::False => {
+            r.skip()?;
+            out.extend_from_slice(b"false");
+        }
+        Marker::F32 => {
+            let bits = r.skip()?;
+            let v = f32::from_be_bytes(bits[1..5].try_into().unwrap());
+            if v.is_finite() {
+                out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        Marker::F64 => {
+            let v = r.float()?.unwrap_or(f64::NAN);
+            if v.is_finite() {
+                out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        Marker::FixStr(_)
+        | Marker::Str8
+        | Marker::Str16
+        | Marker::Str32
+        | Marker::Bin8
+        | Marker::Bin16
+        | Marker::Bin32 => {
+            let bytes = r.bytes()?.unwrap_or_default();
+            write_bytes_as_str(out, bytes);
+        }
+        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+            let n = r.array_len()?.unwrap_or(0);
+            out.push(b'[');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, r, times, depth + 1)?;
+            }
+            out.push(b']');
+        }
+        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
+            let n = r.map_len()?.unwrap_or(0);
+            out.push(b'{');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = write_key(out, r, times)?;
+                out.push(b':');
+                write_value(out, r, times, depth + 1)?;
+            }
+            out.push(b'}');
+        }
+        Marker::FixExt1
+        | Marker::FixExt2
+        | Marker::FixExt4
+        | Marker::FixExt8
+        | Marker::FixExt16
+        | Marker::Ext8
+        | Marker::Ext16
+        | Marker::Ext32 => {
+            let (kind, data) = r.ext()?.unwrap_or((0, &[]));
+            if kind == 0 && data.len() == 8 {
+                let secs = u32::from_be_bytes(data[..4].try_into().unwrap()) as i64;
+                let nanos = u32::from_be_bytes(data[4..].try_into().unwrap()).min(999_999_999);
+                times.write(out, EventTime { secs, nanos })?;
+            } else {
+                out.extend_from_slice(b"{\"ext_type\":");
+                out.extend_from_slice(itoa::Buffer::new().format(kind).as_bytes());
+                out.extend_from_slice(b",\"data\":\"");
+                out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(data).as_bytes());
+                out.extend_from_slice(b"\"}");
+            }
+        }
+        Marker::Reserved => return invalid("reserved msgpack byte 0xc1 in record"),
+        _ => {
+            let v = r.int()?.ok_or(DecodeError::Invalid("unexpected msgpack type".into()))?;
+            out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Writes bytes as a JSON string, replacing invalid UTF-8 with U+FFFD.
+pub fn write_bytes_as_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => write_str(out, s),
+        Err(_) => write_str(out, &String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// 0: copy as is; otherwise the escape to use (`u` for `\u00XX`).
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[0x08] = b'b';
+    t[0x0c] = b'f';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// Writes a JSON string literal with the escapes JSON requires.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc = ESCAPE[b as usize];
+        if esc == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[run_start..i]);
+        run_start = i + 1;
+        if esc == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        } else {
+            out.extend_from_slice(&[b'\\', esc]);
+        }
+    }
+    out.extend_from_slice(&bytes[run_start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value;
+
+    fn line(record: Value, fmt: &LineFormat) -> String {
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &record).unwrap();
+        line_raw(&bytes, fmt)
+    }
+
+    fn line_raw(bytes: &[u8], fmt: &LineFormat) -> String {
+        let mut out = Vec::new();
+        let mut tag = Vec::new();
+        write_str(&mut tag, "app.web");
+        let mut times = fmt.renderer();
+        fmt.write_line(
+            &mut out,
+            &mut times,
+            &tag,
+            EventTime { secs: 1_700_000_000, nanos: 123_456_789 },
+            &mut Reader::new(bytes),
+        )
+        .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn default_fmt() -> LineFormat {
+        LineFormat::new("time", TimeFormat::Rfc3339, 6, "")
+    }
+
+    #[test]
+    fn basic_line_is_valid_json_with_time_first() {
+        let rec = Value::Map(vec![
+            (Value::from("msg"), Value::from("hello \"world\"\n\u{1}")),
+            (Value::from("n"), Value::from(-5)),
+            (Value::from("big"), Value::from(u64::MAX)),
+            (Value::from("f"), Value::F64(0.1)),
+            (Value::from("f32"), Value::F32(0.1)),
+            (Value::from("nan"), Value::F64(f64::NAN)),
+            (Value::from("ok"), Value::Boolean(true)),
+            (Value::from("nil"), Value::Nil),
+            (Value::from("arr"), Value::Array(vec![Value::from(1), Value::from("x")])),
+            (Value::from("map"), Value::Map(vec![(Value::from(7), Value::from("seven"))])),
+        ]);
+        let text = line(rec, &default_fmt());
+        assert!(text.ends_with('\n'));
+        assert_eq!(
+            text,
+            "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"msg\":\"hello \\\"world\\\"\\n\\u0001\",\"n\":-5,\
+             \"big\":18446744073709551615,\"f\":0.1,\"f32\":0.1,\"nan\":null,\"ok\":true,\"nil\":null,\
+             \"arr\":[1,\"x\"],\"map\":{\"7\":\"seven\"}}\n"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["big"], serde_json::json!(u64::MAX));
+    }
+
+    #[test]
+    fn invalid_utf8_and_bin() {
+        // {"s": str "a\xffb", "b": bin "plain"}
+        let rec = [
+            &[0x82, 0xa1, b's', 0xa3, b'a', 0xff, b'b', 0xa1, b'b', 0xc4, 5][..],
+            b"plain",
+        ]
+        .concat();
+        let text = line_raw(&rec, &default_fmt());
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["s"], "a\u{fffd}b");
+        assert_eq!(parsed["b"], "plain");
+    }
+
+    #[test]
+    fn reserved_keys_are_replaced_and_tag_added() {
+        let fmt = LineFormat::new("ts", TimeFormat::EpochMillis, 3, "tag");
+        let rec = Value::Map(vec![
+            (Value::from("ts"), Value::from("theirs")),
+            (Value::from("a"), Value::from(1)),
+            (Value::from("tag"), Value::from("theirs")),
+        ]);
+        assert_eq!(line(rec, &fmt), "{\"ts\":1700000000123,\"tag\":\"app.web\",\"a\":1}\n");
+        let only = Value::Map(vec![(Value::from("ts"), Value::from(1))]);
+        assert_eq!(line(only, &fmt), "{\"ts\":1700000000123,\"tag\":\"app.web\"}\n");
+        let none = LineFormat::new("", TimeFormat::Rfc3339, 6, "");
+        let rec = Value::Map(vec![(Value::from("a"), Value::from(1)), (Value::from("b"), Value::from(2))]);
+        assert_eq!(line(rec, &none), "{\"a\":1,\"b\":2}\n");
+    }
+
+    #[test]
+    fn epoch_seconds_precision() {
+        let fmt = LineFormat::new("t", TimeFormat::EpochSeconds, 3, "");
+        let rec = Value::Map(vec![]);
+        assert_eq!(line(rec, &fmt), "{\"t\":1700000000.123}\n");
+    }
+
+    #[test]
+    fn non_map_record_and_deep_nesting_are_errors() {
+        let fmt = default_fmt();
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &Value::from("not a map")).unwrap();
+        let mut times = fmt.renderer();
+        let err = fmt
+            .write_line(&mut Vec::new(), &mut times, b"\"t\"", EventTime { secs: 0, nanos: 0 }, &mut Reader::new(&bytes))
+            .unwrap_err();
+        assert!(err.to_string().contains("expected a map"), "{err}");
+        let mut deep = vec![0x81, 0xa1, b'k'];
+        deep.extend(vec![0x91; 100]);
+        deep.push(0xc0);
+        assert!(
+            fmt.write_line(&mut Vec::new(), &mut times, b"\"t\"", EventTime { secs: 0, nanos: 0 }, &mut Reader::new(&deep))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn ext_values() {
+        let rec = Value::Map(vec![
+            (Value::from("at"), Value::Ext(0, vec![0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 1])),
+            (Value::from("x"), Value::Ext(5, vec![1, 2, 3])),
+        ]);
+        let text = line(rec, &default_fmt());
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["at"], "2023-11-14T22:13:20.000000Z");
+        assert_eq!(parsed["x"], serde_json::json!({"ext_type": 5, "data": "AQID"}));
+    }
+}
