@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 /// Lines for one target and partition, from one frame: stored all together or not at all.
@@ -39,15 +39,23 @@ pub type Durable = oneshot::Receiver<Result<(), String>>;
 pub type Sealed = (usize, SealedChunk);
 
 enum ShardMsg {
-    Append(Batch, oneshot::Sender<Result<(), String>>),
+    /// The permit holds the batch's share of the in-flight memory budget until it is compressed.
+    Append(Batch, oneshot::Sender<Result<(), String>>, OwnedSemaphorePermit),
     /// Seal chunks past their age.
     Tick,
     /// Seal everything and stop.
     Stop,
 }
 
+/// Uncompressed bytes that may wait in writer queues at once (in KiB permits): bounds memory
+/// whatever the frame sizes, and makes intake wait when compression falls behind.
+const INFLIGHT_KIB: usize = 64 << 10;
+/// Batches a writer's queue holds; enough that a quiet tag keeps to its home writer.
+const QUEUE_DEPTH: usize = 64;
+
 pub struct Buffer {
     lanes: Vec<Lane>,
+    inflight: Arc<Semaphore>,
     pub usage: Arc<Usage>,
     pub dedupe: Arc<Dedupe>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -85,7 +93,7 @@ impl Buffer {
         for (index, target) in config.targets.iter().enumerate() {
             let mut shards = Vec::new();
             for shard in 0..config.buffer.shards {
-                let (tx, rx) = mpsc::channel(4);
+                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
                 let writer = ShardWriter {
                     target: index,
                     dir: root.join(&target.name),
@@ -110,6 +118,7 @@ impl Buffer {
         }
         Ok(Buffer {
             lanes,
+            inflight: Arc::new(Semaphore::new(INFLIGHT_KIB)),
             usage,
             dedupe,
             threads: Mutex::new(threads),
@@ -121,6 +130,13 @@ impl Buffer {
     pub async fn submit(&self, target: usize, batch: Batch) -> Result<Durable, String> {
         let shards = &self.lanes[target].shards;
         let (done, durable) = oneshot::channel();
+        let kib = (batch.lines.len() / 1024 + 1).min(INFLIGHT_KIB) as u32;
+        let permit = self
+            .inflight
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| "buffer is shutting down".to_string())?;
         // The partition's home writer first, so a quiet tag keeps to one chunk; a busy one
         // spills onto the other writers and cores.
         let home = {
@@ -128,7 +144,7 @@ impl Buffer {
             batch.partition.hash(&mut h);
             h.finish() as usize % shards.len()
         };
-        let mut msg = ShardMsg::Append(batch, done);
+        let mut msg = ShardMsg::Append(batch, done, permit);
         for i in 0..shards.len() {
             match shards[(home + i) % shards.len()].try_send(msg) {
                 Ok(()) => return Ok(durable),
@@ -257,9 +273,11 @@ impl ShardWriter {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    ShardMsg::Append(batch, done) => {
+                    ShardMsg::Append(batch, done, permit) => {
                         grouped += batch.lines.len();
-                        match self.append(batch) {
+                        let result = self.append(batch);
+                        drop(permit);
+                        match result {
                             Ok(seq) => waiters.push((seq, done)),
                             Err((e, seq)) => {
                                 let _ = done.send(Err(e));
