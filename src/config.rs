@@ -426,11 +426,7 @@ fn expand_str(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
                 Some((n, d)) => (n, Some(d)),
                 None => (inner, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("`${{{inner}}}` is not a valid variable reference"));
             }
             match (lookup(name), default) {
@@ -491,14 +487,16 @@ mod tests {
 
     #[test]
     fn validation_names_the_target_field() {
-        let mut c =
-            Config::parse("targets:\n  - name: a\n    store: nowhere\n").unwrap();
+        let mut c = Config::parse("targets:\n  - name: a\n    store: nowhere\n").unwrap();
         c.fill_defaults();
         let msg = format!("{:#}", c.validate().unwrap_err());
         assert!(msg.contains("targets[0].store"), "{msg}");
         let mut c = Config::parse("targets:\n  - name: a\n    key: 'x/{tag}.gz'\n").unwrap();
         c.fill_defaults();
         let msg = format!("{:#}", c.validate().unwrap_err());
-        assert!(msg.contains("targets[0].key") && msg.contains("{seq}"), "{msg}");
+        assert!(
+            msg.contains("targets[0].key") && msg.contains("{seq}"),
+            "{msg}"
+        );
     }
 }

@@ -24,7 +24,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "rin-ship", version, about = "Ship logs from fluentd, fluent-bit and Vector to S3 and Redshift, exactly once")]
+#[command(
+    name = "rin-ship",
+    version,
+    about = "Ship logs from fluentd, fluent-bit and Vector to S3 and Redshift, exactly once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,9 +61,16 @@ fn main() -> ExitCode {
                 .block_on(pipeline::serve(config))
         }),
         Command::CheckConfig { config } => config::Config::load(config.as_deref()).map(|c| {
-            println!("config ok: {} target(s), {} store(s)", c.targets.len(), c.stores.len());
+            println!(
+                "config ok: {} target(s), {} store(s)",
+                c.targets.len(),
+                c.stores.len()
+            );
             for t in &c.targets {
-                println!("  target {}: match {:?} -> store {} key {}", t.name, t.patterns, t.store, t.key);
+                println!(
+                    "  target {}: match {:?} -> store {} key {}",
+                    t.name, t.patterns, t.store, t.key
+                );
             }
         }),
     };

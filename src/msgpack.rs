@@ -364,7 +364,8 @@ impl<'a> Reader<'a> {
             if i < 0 {
                 return Ok(None);
             }
-            let secs = i64::try_from(i).map_err(|_| DecodeError::Invalid("time out of range".into()))?;
+            let secs =
+                i64::try_from(i).map_err(|_| DecodeError::Invalid("time out of range".into()))?;
             return Ok(Some(EventTime { secs, nanos: 0 }));
         }
         if let Some(f) = self.float()? {
@@ -390,7 +391,10 @@ impl<'a> Reader<'a> {
             }
             let secs = u32::from_be_bytes(data[..4].try_into().unwrap()) as i64;
             let nanos = u32::from_be_bytes(data[4..].try_into().unwrap());
-            return Ok(Some(EventTime { secs, nanos: nanos.min(999_999_999) }));
+            return Ok(Some(EventTime {
+                secs,
+                nanos: nanos.min(999_999_999),
+            }));
         }
         if let Some(n) = self.array_len()? {
             if n == 0 {
@@ -402,14 +406,25 @@ impl<'a> Reader<'a> {
             }
             return Ok(time);
         }
-        invalid(format!("time has type {}, expected integer, float or EventTime", type_name(self.peek()?)))
+        invalid(format!(
+            "time has type {}, expected integer, float or EventTime",
+            type_name(self.peek()?)
+        ))
     }
 }
 
 pub fn type_name(marker: Marker) -> &'static str {
     match marker {
-        Marker::FixPos(_) | Marker::FixNeg(_) | Marker::U8 | Marker::U16 | Marker::U32 | Marker::U64
-        | Marker::I8 | Marker::I16 | Marker::I32 | Marker::I64 => "integer",
+        Marker::FixPos(_)
+        | Marker::FixNeg(_)
+        | Marker::U8
+        | Marker::U16
+        | Marker::U32
+        | Marker::U64
+        | Marker::I8
+        | Marker::I16
+        | Marker::I32
+        | Marker::I64 => "integer",
         Marker::Null => "nil",
         Marker::True | Marker::False => "boolean",
         Marker::F32 | Marker::F64 => "float",
@@ -417,8 +432,14 @@ pub fn type_name(marker: Marker) -> &'static str {
         Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => "bin",
         Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => "array",
         Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => "map",
-        Marker::FixExt1 | Marker::FixExt2 | Marker::FixExt4 | Marker::FixExt8 | Marker::FixExt16
-        | Marker::Ext8 | Marker::Ext16 | Marker::Ext32 => "ext",
+        Marker::FixExt1
+        | Marker::FixExt2
+        | Marker::FixExt4
+        | Marker::FixExt8
+        | Marker::FixExt16
+        | Marker::Ext8
+        | Marker::Ext16
+        | Marker::Ext32 => "ext",
         Marker::Reserved => "reserved",
     }
 }
@@ -436,7 +457,11 @@ mod tests {
     #[test]
     fn scanner_finds_frames_incrementally() {
         use rmpv::Value;
-        let a = enc(&Value::Array(vec![Value::from("tag"), Value::from(1), Value::Map(vec![(Value::from("k"), Value::from("v"))])]));
+        let a = enc(&Value::Array(vec![
+            Value::from("tag"),
+            Value::from(1),
+            Value::Map(vec![(Value::from("k"), Value::from("v"))]),
+        ]));
         let b = enc(&Value::Nil);
         let mut stream = a.clone();
         stream.extend(&b);
@@ -474,11 +499,26 @@ mod tests {
     #[test]
     fn event_time_shapes() {
         let cases: Vec<(Vec<u8>, Option<EventTime>)> = vec![
-            (vec![0xce, 0x65, 0x00, 0x00, 0x00], Some(EventTime { secs: 0x6500_0000, nanos: 0 })),
-            (vec![0xd7, 0x00, 0, 0, 0, 10, 0, 0, 0, 5], Some(EventTime { secs: 10, nanos: 5 })),
-            (vec![0xc7, 0x08, 0x00, 0, 0, 0, 10, 0, 0, 0, 5], Some(EventTime { secs: 10, nanos: 5 })),
+            (
+                vec![0xce, 0x65, 0x00, 0x00, 0x00],
+                Some(EventTime {
+                    secs: 0x6500_0000,
+                    nanos: 0,
+                }),
+            ),
+            (
+                vec![0xd7, 0x00, 0, 0, 0, 10, 0, 0, 0, 5],
+                Some(EventTime { secs: 10, nanos: 5 }),
+            ),
+            (
+                vec![0xc7, 0x08, 0x00, 0, 0, 0, 10, 0, 0, 0, 5],
+                Some(EventTime { secs: 10, nanos: 5 }),
+            ),
             (vec![0xff], None),
-            (vec![0x92, 0x0a, 0x80], Some(EventTime { secs: 10, nanos: 0 })),
+            (
+                vec![0x92, 0x0a, 0x80],
+                Some(EventTime { secs: 10, nanos: 0 }),
+            ),
         ];
         for (bytes, want) in cases {
             let mut r = Reader::new(&bytes);
@@ -487,7 +527,13 @@ mod tests {
         }
         let mut f = vec![0xcb];
         f.extend(1.5f64.to_be_bytes());
-        assert_eq!(Reader::new(&f).event_time().unwrap(), Some(EventTime { secs: 1, nanos: 500_000_000 }));
+        assert_eq!(
+            Reader::new(&f).event_time().unwrap(),
+            Some(EventTime {
+                secs: 1,
+                nanos: 500_000_000
+            })
+        );
         assert!(Reader::new(&[0xa1, b'x']).event_time().is_err());
     }
 }

@@ -39,7 +39,8 @@ pub async fn serve(config: Config) -> Result<()> {
     if config.metrics.enabled {
         crate::telemetry::serve_ops(config.metrics.bind, metrics, buffer.usage.clone()).await?;
     }
-    let tick_every = (config.buffer.seal_age.0 / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let tick_every =
+        (config.buffer.seal_age.0 / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let ticker = {
         let buffer = buffer.clone();
         tokio::spawn(async move {
@@ -52,8 +53,15 @@ pub async fn serve(config: Config) -> Result<()> {
     };
 
     let router = Router::new(
-        &config.targets.iter().map(|t| t.patterns.clone()).collect::<Vec<_>>(),
-        config.targets.iter().position(|t| t.name == config.fallback),
+        &config
+            .targets
+            .iter()
+            .map(|t| t.patterns.clone())
+            .collect::<Vec<_>>(),
+        config
+            .targets
+            .iter()
+            .position(|t| t.name == config.fallback),
     )
     .map_err(anyhow::Error::msg)?;
     let formats = config
@@ -153,7 +161,13 @@ fn node_id(config: &Config) -> Result<String> {
     let host = gethostname::gethostname().to_string_lossy().to_string();
     let host: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let id = format!("{host}-{:08x}", rand::random::<u32>());
     let tmp = path.with_extension("tmp");

@@ -31,12 +31,16 @@ impl TagPattern {
             let mut segments = Vec::new();
             for part in expanded.split('.') {
                 if part.is_empty() {
-                    return Err(format!("`{pattern}` has an empty part (two dots in a row?)"));
+                    return Err(format!(
+                        "`{pattern}` has an empty part (two dots in a row?)"
+                    ));
                 }
                 if part == "**" {
                     segments.push(Segment::AnyParts);
                 } else if part.contains("**") {
-                    return Err(format!("`{pattern}`: `**` must be a whole part, as in `a.**`"));
+                    return Err(format!(
+                        "`{pattern}`: `**` must be a whole part, as in `a.**`"
+                    ));
                 } else {
                     segments.push(Segment::Glob(part.to_string()));
                 }
@@ -61,7 +65,9 @@ fn match_parts(segments: &[Segment], parts: &[&str]) -> bool {
             (0..=parts.len()).any(|skip| match_parts(rest, &parts[skip..]))
         }
         Some((Segment::Glob(glob), rest)) => match parts.split_first() {
-            Some((part, tail)) => glob_match(glob.as_bytes(), part.as_bytes()) && match_parts(rest, tail),
+            Some((part, tail)) => {
+                glob_match(glob.as_bytes(), part.as_bytes()) && match_parts(rest, tail)
+            }
             None => false,
         },
     }
@@ -191,11 +197,7 @@ mod tests {
 
     #[test]
     fn first_match_wins_then_fallback() {
-        let r = Router::new(
-            &[vec!["app.**".into()], vec!["*.access".into()]],
-            None,
-        )
-        .unwrap();
+        let r = Router::new(&[vec!["app.**".into()], vec!["*.access".into()]], None).unwrap();
         assert_eq!(r.route("app.web.access"), Some(0));
         assert_eq!(r.route("web.access"), Some(1));
         assert_eq!(r.route("other"), None);

@@ -25,7 +25,9 @@ pub fn init_logging() {
 
 /// Installs the process-wide metrics recorder. Must run before any metric is touched.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let buckets = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
     PrometheusBuilder::new()
         .set_buckets(&buckets)?
         .install_recorder()
@@ -33,21 +35,28 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Serves the operations endpoints until the process ends.
-pub async fn serve_ops(addr: SocketAddr, handle: PrometheusHandle, usage: Arc<Usage>) -> anyhow::Result<()> {
+pub async fn serve_ops(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    usage: Arc<Usage>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
     info!(addr = %listener.local_addr()?, "operations endpoint listening (/metrics, /healthz, /readyz)");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handle = handle.clone();
             let usage = usage.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let response = respond(req.uri().path(), &handle, &usage);
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let response = respond(req.uri().path(), &handle, &usage);
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await
@@ -70,7 +79,11 @@ fn respond(path: &str, handle: &PrometheusHandle, usage: &Usage) -> Response<Ful
             "text/plain",
         ),
         "/readyz" => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string(), "text/plain"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_string(),
+            "text/plain",
+        ),
     };
     Response::builder()
         .status(status)

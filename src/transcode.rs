@@ -50,7 +50,9 @@ impl TimeRenderer {
                 if t.secs != self.cached_secs {
                     let dt = chrono::DateTime::from_timestamp(t.secs, 0)
                         .filter(|d| chrono::Datelike::year(d) <= 9999)
-                        .ok_or_else(|| DecodeError::Invalid(format!("time {} is out of range", t.secs)))?;
+                        .ok_or_else(|| {
+                            DecodeError::Invalid(format!("time {} is out of range", t.secs))
+                        })?;
                     let text = dt.format("%Y-%m-%dT%H:%M:%S").to_string();
                     self.cached.copy_from_slice(text.as_bytes());
                     self.cached_secs = t.secs;
@@ -192,7 +194,12 @@ fn write_key<'a>(
     Ok(None)
 }
 
-fn write_value(out: &mut Vec<u8>, r: &mut Reader, times: &mut TimeRenderer, depth: usize) -> Result<()> {
+fn write_value(
+    out: &mut Vec<u8>,
+    r: &mut Reader,
+    times: &mut TimeRenderer,
+    depth: usize,
+) -> Result<()> {
     if depth > MAX_DEPTH {
         return invalid(format!("record nests deeper than {MAX_DEPTH} levels"));
     }
@@ -277,13 +284,19 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader, times: &mut TimeRenderer, dept
                 out.extend_from_slice(b"{\"ext_type\":");
                 out.extend_from_slice(itoa::Buffer::new().format(kind).as_bytes());
                 out.extend_from_slice(b",\"data\":\"");
-                out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(data).as_bytes());
+                out.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(data)
+                        .as_bytes(),
+                );
                 out.extend_from_slice(b"\"}");
             }
         }
         Marker::Reserved => return invalid("reserved msgpack byte 0xc1 in record"),
         _ => {
-            let v = r.int()?.ok_or(DecodeError::Invalid("unexpected msgpack type".into()))?;
+            let v = r
+                .int()?
+                .ok_or(DecodeError::Invalid("unexpected msgpack type".into()))?;
             out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         }
     }
@@ -331,7 +344,14 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
         run_start = i + 1;
         if esc == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 15) as usize],
+            ]);
         } else {
             out.extend_from_slice(&[b'\\', esc]);
         }
@@ -360,7 +380,10 @@ mod tests {
             &mut out,
             &mut times,
             &tag,
-            EventTime { secs: 1_700_000_000, nanos: 123_456_789 },
+            EventTime {
+                secs: 1_700_000_000,
+                nanos: 123_456_789,
+            },
             &mut Reader::new(bytes),
         )
         .unwrap();
@@ -382,8 +405,14 @@ mod tests {
             (Value::from("nan"), Value::F64(f64::NAN)),
             (Value::from("ok"), Value::Boolean(true)),
             (Value::from("nil"), Value::Nil),
-            (Value::from("arr"), Value::Array(vec![Value::from(1), Value::from("x")])),
-            (Value::from("map"), Value::Map(vec![(Value::from(7), Value::from("seven"))])),
+            (
+                Value::from("arr"),
+                Value::Array(vec![Value::from(1), Value::from("x")]),
+            ),
+            (
+                Value::from("map"),
+                Value::Map(vec![(Value::from(7), Value::from("seven"))]),
+            ),
         ]);
         let text = line(rec, &default_fmt());
         assert!(text.ends_with('\n'));
@@ -401,7 +430,9 @@ mod tests {
     fn invalid_utf8_and_bin() {
         // {"s": str "a\xffb", "b": bin "plain"}
         let rec = [
-            &[0x82, 0xa1, b's', 0xa3, b'a', 0xff, b'b', 0xa1, b'b', 0xc4, 5][..],
+            &[
+                0x82, 0xa1, b's', 0xa3, b'a', 0xff, b'b', 0xa1, b'b', 0xc4, 5,
+            ][..],
             b"plain",
         ]
         .concat();
@@ -419,11 +450,20 @@ mod tests {
             (Value::from("a"), Value::from(1)),
             (Value::from("tag"), Value::from("theirs")),
         ]);
-        assert_eq!(line(rec, &fmt), "{\"ts\":1700000000123,\"tag\":\"app.web\",\"a\":1}\n");
+        assert_eq!(
+            line(rec, &fmt),
+            "{\"ts\":1700000000123,\"tag\":\"app.web\",\"a\":1}\n"
+        );
         let only = Value::Map(vec![(Value::from("ts"), Value::from(1))]);
-        assert_eq!(line(only, &fmt), "{\"ts\":1700000000123,\"tag\":\"app.web\"}\n");
+        assert_eq!(
+            line(only, &fmt),
+            "{\"ts\":1700000000123,\"tag\":\"app.web\"}\n"
+        );
         let none = LineFormat::new("", TimeFormat::Rfc3339, 6, "");
-        let rec = Value::Map(vec![(Value::from("a"), Value::from(1)), (Value::from("b"), Value::from(2))]);
+        let rec = Value::Map(vec![
+            (Value::from("a"), Value::from(1)),
+            (Value::from("b"), Value::from(2)),
+        ]);
         assert_eq!(line(rec, &none), "{\"a\":1,\"b\":2}\n");
     }
 
@@ -441,27 +481,45 @@ mod tests {
         rmpv::encode::write_value(&mut bytes, &Value::from("not a map")).unwrap();
         let mut times = fmt.renderer();
         let err = fmt
-            .write_line(&mut Vec::new(), &mut times, b"\"t\"", EventTime { secs: 0, nanos: 0 }, &mut Reader::new(&bytes))
+            .write_line(
+                &mut Vec::new(),
+                &mut times,
+                b"\"t\"",
+                EventTime { secs: 0, nanos: 0 },
+                &mut Reader::new(&bytes),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("expected a map"), "{err}");
         let mut deep = vec![0x81, 0xa1, b'k'];
         deep.extend(vec![0x91; 100]);
         deep.push(0xc0);
         assert!(
-            fmt.write_line(&mut Vec::new(), &mut times, b"\"t\"", EventTime { secs: 0, nanos: 0 }, &mut Reader::new(&deep))
-                .is_err()
+            fmt.write_line(
+                &mut Vec::new(),
+                &mut times,
+                b"\"t\"",
+                EventTime { secs: 0, nanos: 0 },
+                &mut Reader::new(&deep)
+            )
+            .is_err()
         );
     }
 
     #[test]
     fn ext_values() {
         let rec = Value::Map(vec![
-            (Value::from("at"), Value::Ext(0, vec![0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 1])),
+            (
+                Value::from("at"),
+                Value::Ext(0, vec![0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 1]),
+            ),
             (Value::from("x"), Value::Ext(5, vec![1, 2, 3])),
         ]);
         let text = line(rec, &default_fmt());
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["at"], "2023-11-14T22:13:20.000000Z");
-        assert_eq!(parsed["x"], serde_json::json!({"ext_type": 5, "data": "AQID"}));
+        assert_eq!(
+            parsed["x"],
+            serde_json::json!({"ext_type": 5, "data": "AQID"})
+        );
     }
 }

@@ -31,7 +31,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mi" | "mib" => 1024.0 * 1024.0,
         "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("`{other}` is not a size unit (use B, KB, MB, GB, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
     };
     Ok((value * mult).round() as u64)
 }
@@ -50,7 +54,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("`{other}` is not a duration unit (use ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "`{other}` is not a duration unit (use ms, s, m, h)"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }

@@ -66,7 +66,10 @@ pub struct SealedChunk {
 
 impl SealedChunk {
     pub fn disk_bytes(&self) -> u64 {
-        self.size + std::fs::metadata(&self.journal_path).map(|m| m.len()).unwrap_or(0)
+        self.size
+            + std::fs::metadata(&self.journal_path)
+                .map(|m| m.len())
+                .unwrap_or(0)
     }
 }
 
@@ -109,7 +112,13 @@ pub struct OpenChunk {
 }
 
 impl OpenChunk {
-    pub fn create(dir: &Path, seq: u64, partition: &str, level: u32, fsync: bool) -> io::Result<OpenChunk> {
+    pub fn create(
+        dir: &Path,
+        seq: u64,
+        partition: &str,
+        level: u32,
+        fsync: bool,
+    ) -> io::Result<OpenChunk> {
         let mut data = OpenOptions::new()
             .create_new(true)
             .write(true)
@@ -151,7 +160,13 @@ impl OpenChunk {
     }
 
     /// Compresses whole lines into the chunk. Not durable until `commit`.
-    pub fn append(&mut self, lines: &[u8], events: u64, first_time: EventTime, id: Option<Vec<u8>>) -> io::Result<()> {
+    pub fn append(
+        &mut self,
+        lines: &[u8],
+        events: u64,
+        first_time: EventTime,
+        id: Option<Vec<u8>>,
+    ) -> io::Result<()> {
         self.crc.update(lines);
         deflate(&mut self.deflate, lines, &mut self.out, FlushCompress::None)?;
         self.bytes += lines.len() as u64;
@@ -220,7 +235,12 @@ impl OpenChunk {
 }
 
 /// Compresses `input` into `out` (growing it as needed) with the given flush mode.
-fn deflate(c: &mut Compress, mut input: &[u8], out: &mut Vec<u8>, flush: FlushCompress) -> io::Result<()> {
+fn deflate(
+    c: &mut Compress,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+    flush: FlushCompress,
+) -> io::Result<()> {
     let flushing = !matches!(flush, FlushCompress::None);
     loop {
         if out.capacity() - out.len() < 32 << 10 {
@@ -255,7 +275,9 @@ fn read_journal(path: &Path) -> io::Result<Vec<Record>> {
     while rest.len() >= 8 {
         let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
-        let Some(payload) = rest.get(8..8 + len) else { break };
+        let Some(payload) = rest.get(8..8 + len) else {
+            break;
+        };
         if crc32fast::hash(payload) != crc {
             break;
         }
@@ -296,7 +318,11 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
         Some(Record::Open { partition, .. }) => partition.clone(),
         _ if data_len <= GZIP_HEADER.len() as u64 => {
             remove_both(&data_p, &journal_p)?;
-            return Ok(Recovered { chunk: None, ids: Vec::new(), truncated: 0 });
+            return Ok(Recovered {
+                chunk: None,
+                ids: Vec::new(),
+                truncated: 0,
+            });
         }
         _ => {
             return Err(io::Error::other(format!(
@@ -312,7 +338,11 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
     let mut last = None;
     for r in &records {
         match r {
-            Record::Commit { offset, ids: commit_ids, .. } => {
+            Record::Commit {
+                offset,
+                ids: commit_ids,
+                ..
+            } => {
                 ids.extend(commit_ids.iter().filter_map(|id| engine.decode(id).ok()));
                 if *offset <= data_len {
                     last = Some(r.clone());
@@ -322,13 +352,30 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
             Record::Open { .. } => {}
         }
     }
-    let Some(Record::Commit { offset, bytes, events, crc, first_secs, first_nanos, .. }) = last else {
+    let Some(Record::Commit {
+        offset,
+        bytes,
+        events,
+        crc,
+        first_secs,
+        first_nanos,
+        ..
+    }) = last
+    else {
         remove_both(&data_p, &journal_p)?;
-        return Ok(Recovered { chunk: None, ids, truncated: data_len });
+        return Ok(Recovered {
+            chunk: None,
+            ids,
+            truncated: data_len,
+        });
     };
     if events == 0 {
         remove_both(&data_p, &journal_p)?;
-        return Ok(Recovered { chunk: None, ids, truncated: data_len });
+        return Ok(Recovered {
+            chunk: None,
+            ids,
+            truncated: data_len,
+        });
     }
     let size = offset + FINAL_BLOCK.len() as u64 + 8;
     let mut truncated = 0;
@@ -351,7 +398,10 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
         chunk: Some(SealedChunk {
             seq,
             partition,
-            first_time: EventTime { secs: first_secs, nanos: first_nanos },
+            first_time: EventTime {
+                secs: first_secs,
+                nanos: first_nanos,
+            },
             events,
             bytes,
             size,
@@ -381,25 +431,34 @@ mod tests {
 
     fn gunzip(path: &Path) -> Vec<u8> {
         let mut out = Vec::new();
-        GzDecoder::new(File::open(path).unwrap()).read_to_end(&mut out).unwrap();
+        GzDecoder::new(File::open(path).unwrap())
+            .read_to_end(&mut out)
+            .unwrap();
         out
     }
 
     fn t() -> EventTime {
-        EventTime { secs: 1_700_000_000, nanos: 0 }
+        EventTime {
+            secs: 1_700_000_000,
+            nanos: 0,
+        }
     }
 
     #[test]
     fn seal_gives_one_valid_gzip_member() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = OpenChunk::create(dir.path(), 7, "app", 6, true).unwrap();
-        c.append(b"{\"a\":1}\n", 1, t(), Some(b"id1".to_vec())).unwrap();
+        c.append(b"{\"a\":1}\n", 1, t(), Some(b"id1".to_vec()))
+            .unwrap();
         c.commit().unwrap();
         c.append(b"{\"a\":2}\n", 1, t(), None).unwrap();
         let sealed = c.seal().unwrap().unwrap();
         assert_eq!(sealed.events, 2);
         assert_eq!(gunzip(&sealed.data_path), b"{\"a\":1}\n{\"a\":2}\n");
-        assert_eq!(std::fs::metadata(&sealed.data_path).unwrap().len(), sealed.size);
+        assert_eq!(
+            std::fs::metadata(&sealed.data_path).unwrap().len(),
+            sealed.size
+        );
         // A second recovery of a sealed chunk changes nothing.
         let again = recover(dir.path(), 7).unwrap();
         assert_eq!(again.chunk.unwrap().size, sealed.size);
@@ -421,7 +480,8 @@ mod tests {
         }
         // Uncommitted appends beyond the last commit, forced to disk as a crash would leave them.
         for i in 2000..2100 {
-            c.append(format!("{{\"seq\":{i}}}\n").as_bytes(), 1, t(), None).unwrap();
+            c.append(format!("{{\"seq\":{i}}}\n").as_bytes(), 1, t(), None)
+                .unwrap();
         }
         deflate(&mut c.deflate, &[], &mut c.out, FlushCompress::Sync).unwrap();
         c.data.write_all(&c.out).unwrap();

@@ -40,7 +40,11 @@ pub type Sealed = (usize, SealedChunk);
 
 enum ShardMsg {
     /// The permit holds the batch's share of the in-flight memory budget until it is compressed.
-    Append(Batch, oneshot::Sender<Result<(), String>>, OwnedSemaphorePermit),
+    Append(
+        Batch,
+        oneshot::Sender<Result<(), String>>,
+        OwnedSemaphorePermit,
+    ),
     /// Seal chunks past their age.
     Tick,
     /// Seal everything and stop.
@@ -82,7 +86,11 @@ impl Buffer {
             let dir = root.join(&target.name);
             std::fs::create_dir_all(&dir)?;
             max_seq = max_seq.max(recover_dir(&dir, &usage, &dedupe, |chunk| {
-                let index = config.targets.iter().position(|t| t.name == target.name).unwrap();
+                let index = config
+                    .targets
+                    .iter()
+                    .position(|t| t.name == target.name)
+                    .unwrap();
                 let _ = sealed.send((index, chunk));
             })?);
         }
@@ -149,7 +157,9 @@ impl Buffer {
             match shards[(home + i) % shards.len()].try_send(msg) {
                 Ok(()) => return Ok(durable),
                 Err(mpsc::error::TrySendError::Full(m)) => msg = m,
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err("buffer is shutting down".into()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err("buffer is shutting down".into());
+                }
             }
         }
         static SPREAD: AtomicUsize = AtomicUsize::new(0);
@@ -228,7 +238,9 @@ fn recover_dir(
 }
 
 fn warn_unknown_dirs(root: &Path, config: &Config) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if e.path().is_dir() && !config.targets.iter().any(|t| t.name == name) {
@@ -296,13 +308,17 @@ impl ShardWriter {
             }
             let mut broken = Vec::new();
             for (key, (chunk, _)) in self.open.iter_mut() {
-                if chunk.is_dirty() {
-                    if let Err(e) = chunk.commit() {
-                        error!(chunk = chunk.seq, "commit failed, nothing in it since the last commit is acked: {e}");
-                        metrics::counter!("rin_buffer_commit_errors_total").increment(1);
-                        failed.push(chunk.seq);
-                        broken.push(key.clone());
-                    }
+                if !chunk.is_dirty() {
+                    continue;
+                }
+                if let Err(e) = chunk.commit() {
+                    error!(
+                        chunk = chunk.seq,
+                        "commit failed, nothing in it since the last commit is acked: {e}"
+                    );
+                    metrics::counter!("rin_buffer_commit_errors_total").increment(1);
+                    failed.push(chunk.seq);
+                    broken.push(key.clone());
                 }
             }
             for key in broken {
@@ -340,11 +356,14 @@ impl ShardWriter {
     /// Returns the sequence number of the chunk the batch went into. On error, also the
     /// chunk that is now broken (its earlier, uncommitted batches fail with it).
     fn append(&mut self, batch: Batch) -> Result<u64, (String, Option<u64>)> {
-        let key: Arc<str> = if self.partition_by_tag { batch.partition.clone() } else { Arc::from("") };
-        let full = self
-            .open
-            .get(&key)
-            .is_some_and(|(c, _)| c.bytes > 0 && c.bytes + batch.lines.len() as u64 > self.seal_bytes);
+        let key: Arc<str> = if self.partition_by_tag {
+            batch.partition.clone()
+        } else {
+            Arc::from("")
+        };
+        let full = self.open.get(&key).is_some_and(|(c, _)| {
+            c.bytes > 0 && c.bytes + batch.lines.len() as u64 > self.seal_bytes
+        });
         if full {
             self.seal(&key);
         }
@@ -378,7 +397,9 @@ impl ShardWriter {
     }
 
     fn seal(&mut self, key: &Arc<str>) {
-        let Some((chunk, accounted)) = self.open.remove(key) else { return };
+        let Some((chunk, accounted)) = self.open.remove(key) else {
+            return;
+        };
         let seq = chunk.seq;
         match chunk.seal() {
             Ok(Some(sealed)) => {
@@ -389,7 +410,10 @@ impl ShardWriter {
             }
             Ok(None) => self.usage.sub(accounted),
             Err(e) => {
-                error!(chunk = seq, "cannot seal chunk; it stays on disk and is recovered at the next start: {e}");
+                error!(
+                    chunk = seq,
+                    "cannot seal chunk; it stays on disk and is recovered at the next start: {e}"
+                );
             }
         }
     }
@@ -397,7 +421,9 @@ impl ShardWriter {
     /// After an I/O error the in-memory state of a chunk is suspect: seal it from its journal
     /// (its last durable point) as recovery would, and start a fresh one for later batches.
     fn poison(&mut self, key: &Arc<str>) {
-        let Some((chunk, accounted)) = self.open.remove(key) else { return };
+        let Some((chunk, accounted)) = self.open.remove(key) else {
+            return;
+        };
         let seq = chunk.seq;
         drop(chunk);
         match chunk::recover(&self.dir, seq) {
@@ -408,7 +434,10 @@ impl ShardWriter {
                     let _ = self.sealed.send((self.target, sealed));
                 }
             }
-            Err(e) => error!(chunk = seq, "cannot seal chunk after an error; it is recovered at the next start: {e}"),
+            Err(e) => error!(
+                chunk = seq,
+                "cannot seal chunk after an error; it is recovered at the next start: {e}"
+            ),
         }
     }
 
@@ -480,13 +509,19 @@ impl Usage {
     pub fn sub(&self, n: u64) {
         let prev = self
             .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(n)))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            })
             .unwrap();
         let now = prev.saturating_sub(n);
         metrics::gauge!("rin_buffer_bytes").set(now as f64);
         if now < self.quota {
             if self.over.swap(false, Ordering::Relaxed) {
-                info!(used = now, quota = self.quota, "buffer below its quota again: intake resumes");
+                info!(
+                    used = now,
+                    quota = self.quota,
+                    "buffer below its quota again: intake resumes"
+                );
             }
             self.freed.notify_waiters();
         }
@@ -564,7 +599,9 @@ impl ClaimGuard {
         if let Some(done) = self.done.take() {
             let mut entries = self.dedupe.entries.lock().unwrap();
             if stored {
-                entries.map.insert(self.id.clone(), Entry::Stored(Instant::now()));
+                entries
+                    .map
+                    .insert(self.id.clone(), Entry::Stored(Instant::now()));
             } else {
                 entries.map.remove(&self.id);
             }
@@ -588,13 +625,17 @@ impl Dedupe {
     }
 
     fn remember(&self, id: Vec<u8>) {
-        self.entries.lock().unwrap().map.insert(id, Entry::Stored(Instant::now()));
+        self.entries
+            .lock()
+            .unwrap()
+            .map
+            .insert(id, Entry::Stored(Instant::now()));
     }
 
     pub fn claim(self: &Arc<Self>, id: &[u8]) -> Claim {
         let mut entries = self.entries.lock().unwrap();
         entries.inserts += 1;
-        if entries.inserts % 1024 == 0 {
+        if entries.inserts.is_multiple_of(1024) {
             let window = self.window;
             entries.map.retain(|_, e| match e {
                 Entry::Stored(at) => at.elapsed() < window,

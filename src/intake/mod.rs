@@ -45,7 +45,12 @@ struct Route {
 type AckFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
 
 impl Ingest {
-    pub fn new(buffer: Arc<Buffer>, router: Router, targets: Vec<TargetFormat>, max_decompressed: usize) -> Ingest {
+    pub fn new(
+        buffer: Arc<Buffer>,
+        router: Router,
+        targets: Vec<TargetFormat>,
+        max_decompressed: usize,
+    ) -> Ingest {
         Ingest {
             buffer,
             router,
@@ -76,7 +81,11 @@ impl Ingest {
             write_str(&mut tag_json, tag);
             Arc::new(Route {
                 target,
-                partition: if self.targets[target].partition_by_tag { Arc::from(tag) } else { Arc::from("") },
+                partition: if self.targets[target].partition_by_tag {
+                    Arc::from(tag)
+                } else {
+                    Arc::from("")
+                },
                 tag_json,
             })
         });
@@ -87,7 +96,8 @@ impl Ingest {
     /// Takes one forward frame. `Ok(Some(ack))`: the frame asked for an ack, which resolves
     /// (to the chunk id to echo) once its events are durable.
     pub async fn forward_frame(&self, bytes: &[u8]) -> Result<Option<AckFuture>, IngestError> {
-        let refused = |reason, detail: String| IngestError::Refused(FrameError::new(reason, detail));
+        let refused =
+            |reason, detail: String| IngestError::Refused(FrameError::new(reason, detail));
         let Some(frame) = frame::parse(bytes).map_err(IngestError::Refused)? else {
             return Ok(None);
         };
@@ -104,7 +114,10 @@ impl Ingest {
             metrics::counter!("rin_events_refused_total", "reason" => "no_route").increment(1);
             return Err(refused(
                 "no_route",
-                format!("tag `{}` matches no target and no fallback is configured", frame.tag),
+                format!(
+                    "tag `{}` matches no target and no fallback is configured",
+                    frame.tag
+                ),
             ));
         };
         let chunk_id = frame.options.chunk.map(<[u8]>::to_vec);
@@ -128,7 +141,13 @@ impl Ingest {
         let mut lines = Vec::with_capacity(bytes.len() * 2);
         let mut times = target.format.renderer();
         let result = frame
-            .transcode(&target.format, &mut times, &route.tag_json, self.max_decompressed, &mut lines)
+            .transcode(
+                &target.format,
+                &mut times,
+                &route.tag_json,
+                self.max_decompressed,
+                &mut lines,
+            )
             .map_err(IngestError::Refused)?;
         metrics::counter!("rin_events_in_total", "intake" => "forward", "target" => target.name.clone())
             .increment(result.events);
@@ -159,7 +178,8 @@ impl Ingest {
             match durable.await {
                 Ok(Ok(())) => {
                     guard.finish(true);
-                    metrics::histogram!("rin_ack_latency_seconds").record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("rin_ack_latency_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     Ok(id)
                 }
                 Ok(Err(e)) => Err(e),

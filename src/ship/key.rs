@@ -10,7 +10,7 @@ enum Part {
     /// Literal text, possibly with strftime fields.
     Text(String),
     Tag,
-    TagPart(usize),
+    TagField(usize),
     Target,
     Node,
     Seq,
@@ -49,7 +49,7 @@ impl KeyTemplate {
                 "node" => Part::Node,
                 "seq" => Part::Seq,
                 _ => match name.strip_prefix("tag[").and_then(|n| n.strip_suffix(']')) {
-                    Some(n) => Part::TagPart(
+                    Some(n) => Part::TagField(
                         n.parse()
                             .map_err(|_| format!("`{{{name}}}`: the index must be a number"))?,
                     ),
@@ -81,7 +81,9 @@ impl KeyTemplate {
             ));
         }
         if template.starts_with('/') || template.split('/').any(|s| s == ".." || s == ".") {
-            return Err(format!("`{template}` must be relative, without `.` or `..` segments"));
+            return Err(format!(
+                "`{template}` must be relative, without `.` or `..` segments"
+            ));
         }
         Ok(KeyTemplate { parts })
     }
@@ -90,7 +92,7 @@ impl KeyTemplate {
     pub fn uses_tag(&self) -> bool {
         self.parts
             .iter()
-            .any(|p| matches!(p, Part::Tag | Part::TagPart(_)))
+            .any(|p| matches!(p, Part::Tag | Part::TagField(_)))
     }
 
     pub fn render(&self, input: &KeyInputs) -> String {
@@ -101,7 +103,7 @@ impl KeyTemplate {
             match part {
                 Part::Text(text) => key.push_str(&time.format(text).to_string()),
                 Part::Tag => key.push_str(&safe_segment(input.tag)),
-                Part::TagPart(n) => {
+                Part::TagField(n) => {
                     key.push_str(&safe_segment(input.tag.split('.').nth(*n).unwrap_or("")))
                 }
                 Part::Target => key.push_str(input.target),
@@ -143,13 +145,19 @@ mod tests {
             node: "n1",
             seq: 42,
             tag,
-            first_time: EventTime { secs: 1_700_000_000, nanos: 0 },
+            first_time: EventTime {
+                secs: 1_700_000_000,
+                nanos: 0,
+            },
         }
     }
 
     #[test]
     fn renders_every_placeholder() {
-        let t = KeyTemplate::parse("logs/{tag}/{tag[1]}/{target}/dt=%Y-%m-%d/hour=%H/{node}-{seq}.json.gz").unwrap();
+        let t = KeyTemplate::parse(
+            "logs/{tag}/{tag[1]}/{target}/dt=%Y-%m-%d/hour=%H/{node}-{seq}.json.gz",
+        )
+        .unwrap();
         assert_eq!(
             t.render(&inputs("app.api.access")),
             "logs/app.api.access/api/web/dt=2023-11-14/hour=22/n1-0000000042.json.gz"
@@ -167,8 +175,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_templates() {
-        assert!(KeyTemplate::parse("logs/{tag}.gz").unwrap_err().contains("{seq}"));
-        assert!(KeyTemplate::parse("{seq}/{colour}").unwrap_err().contains("colour"));
+        assert!(
+            KeyTemplate::parse("logs/{tag}.gz")
+                .unwrap_err()
+                .contains("{seq}")
+        );
+        assert!(
+            KeyTemplate::parse("{seq}/{colour}")
+                .unwrap_err()
+                .contains("colour")
+        );
         assert!(KeyTemplate::parse("/abs/{seq}").is_err());
         assert!(KeyTemplate::parse("a/../{seq}").is_err());
         assert!(KeyTemplate::parse("{seq}/%Q").is_err());

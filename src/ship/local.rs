@@ -29,11 +29,13 @@ impl LocalStore {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
             let name = dest.file_name().context("object key has no file name")?;
             let tmp = parent.join(format!(".{}.partial", name.to_string_lossy()));
-            std::fs::copy(&source, &tmp)
-                .with_context(|| format!("cannot copy {} to {}", source.display(), tmp.display()))?;
+            std::fs::copy(&source, &tmp).with_context(|| {
+                format!("cannot copy {} to {}", source.display(), tmp.display())
+            })?;
             std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &dest)
-                .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+            std::fs::rename(&tmp, &dest).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), dest.display())
+            })?;
             std::fs::File::open(parent)?.sync_all()?;
             Ok(())
         })

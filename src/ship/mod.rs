@@ -8,8 +8,8 @@ pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
 
-use crate::buffer::{Sealed, Usage};
 use crate::buffer::chunk::{SealedChunk, remove_both};
+use crate::buffer::{Sealed, Usage};
 use crate::config::{Config, StoreConfig};
 use anyhow::Result;
 use key::{KeyInputs, KeyTemplate};
@@ -114,7 +114,12 @@ impl Shipper {
     pub async fn run(self: Arc<Self>, mut sealed: mpsc::UnboundedReceiver<Sealed>) {
         let mut tasks = tokio::task::JoinSet::new();
         while let Some((target, chunk)) = sealed.recv().await {
-            let permit = self.slots.clone().acquire_owned().await.expect("semaphore closed");
+            let permit = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore closed");
             let this = self.clone();
             tasks.spawn(async move {
                 this.ship(target, chunk).await;
@@ -137,12 +142,15 @@ impl Shipper {
                 Ok(()) => {
                     metrics::counter!("rin_objects_uploaded_total").increment(1);
                     metrics::counter!("rin_uploaded_bytes_total").increment(chunk.size);
-                    metrics::histogram!("rin_upload_seconds").record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("rin_upload_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     debug!(%key, events = chunk.events, ndjson_bytes = chunk.bytes, object_bytes = chunk.size, "uploaded");
                     let disk = chunk.disk_bytes();
                     match remove_both(&chunk.data_path, &chunk.journal_path) {
                         Ok(()) => self.usage.sub(disk),
-                        Err(e) => warn!(%key, "uploaded, but cannot delete the chunk file (it will be uploaded again, to the same key): {e}"),
+                        Err(e) => {
+                            warn!(%key, "uploaded, but cannot delete the chunk file (it will be uploaded again, to the same key): {e}")
+                        }
                     }
                     return;
                 }

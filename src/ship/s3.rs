@@ -39,7 +39,8 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
@@ -79,7 +80,13 @@ impl S3Store {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| anyhow!("PutObject s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e)))?;
+                .map_err(|e| {
+                    anyhow!(
+                        "PutObject s3://{}/{key}: {}",
+                        self.bucket,
+                        DisplayErrorContext(&e)
+                    )
+                })?;
             return Ok(());
         }
         self.put_multipart(&key, path, size).await
@@ -95,8 +102,17 @@ impl S3Store {
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .send()
             .await
-            .map_err(|e| anyhow!("CreateMultipartUpload s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e)))?;
-        let upload_id = upload.upload_id().context("CreateMultipartUpload returned no upload id")?.to_string();
+            .map_err(|e| {
+                anyhow!(
+                    "CreateMultipartUpload s3://{}/{key}: {}",
+                    self.bucket,
+                    DisplayErrorContext(&e)
+                )
+            })?;
+        let upload_id = upload
+            .upload_id()
+            .context("CreateMultipartUpload returned no upload id")?
+            .to_string();
         let result = self.upload_parts(key, path, size, &upload_id).await;
         if result.is_err() {
             // Best effort: a leftover upload only costs storage until a lifecycle rule ends it.
@@ -136,7 +152,13 @@ impl S3Store {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| anyhow!("UploadPart {number} of s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e)))?;
+                .map_err(|e| {
+                    anyhow!(
+                        "UploadPart {number} of s3://{}/{key}: {}",
+                        self.bucket,
+                        DisplayErrorContext(&e)
+                    )
+                })?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -152,10 +174,20 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
-            .map_err(|e| anyhow!("CompleteMultipartUpload s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e)))?;
+            .map_err(|e| {
+                anyhow!(
+                    "CompleteMultipartUpload s3://{}/{key}: {}",
+                    self.bucket,
+                    DisplayErrorContext(&e)
+                )
+            })?;
         Ok(())
     }
 }

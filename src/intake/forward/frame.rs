@@ -24,7 +24,10 @@ pub struct FrameError {
 
 impl FrameError {
     pub fn new(reason: &'static str, detail: impl Into<String>) -> FrameError {
-        FrameError { reason, detail: detail.into() }
+        FrameError {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -53,9 +56,17 @@ pub struct Options<'a> {
 }
 
 enum Entries<'a> {
-    Message { time: Option<EventTime>, record: Reader<'a> },
-    Forward { entries: Reader<'a>, count: usize },
-    Packed { blob: &'a [u8] },
+    Message {
+        time: Option<EventTime>,
+        record: Reader<'a>,
+    },
+    Forward {
+        entries: Reader<'a>,
+        count: usize,
+    },
+    Packed {
+        blob: &'a [u8],
+    },
 }
 
 pub struct Frame<'a> {
@@ -83,7 +94,10 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Frame<'_>>> {
         ));
     };
     if !(2..=4).contains(&len) {
-        return Err(FrameError::new("malformed", format!("a frame has 2 to 4 elements, got {len}")));
+        return Err(FrameError::new(
+            "malformed",
+            format!("a frame has 2 to 4 elements, got {len}"),
+        ));
     }
     let tag_bytes = r
         .bytes()?
@@ -101,7 +115,13 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Frame<'_>>> {
             for _ in 0..count {
                 r.skip()?;
             }
-            (Entries::Forward { entries: start, count }, 2)
+            (
+                Entries::Forward {
+                    entries: start,
+                    count,
+                },
+                2,
+            )
         }
         M::FixStr(_) | M::Str8 | M::Str16 | M::Str32 | M::Bin8 | M::Bin16 | M::Bin32 => {
             let blob = r.bytes()?.unwrap_or_default();
@@ -118,14 +138,28 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Frame<'_>>> {
     if len < fixed || len > fixed + 1 {
         return Err(FrameError::new(
             "malformed",
-            format!("a frame of this mode has {fixed} or {} elements, got {len}", fixed + 1),
+            format!(
+                "a frame of this mode has {fixed} or {} elements, got {len}",
+                fixed + 1
+            ),
         ));
     }
-    let options = if len > fixed { parse_options(&mut r)? } else { Options::default() };
+    let options = if len > fixed {
+        parse_options(&mut r)?
+    } else {
+        Options::default()
+    };
     if !r.is_empty() {
-        return Err(FrameError::new("malformed", "bytes after the frame's last element"));
+        return Err(FrameError::new(
+            "malformed",
+            "bytes after the frame's last element",
+        ));
     }
-    Ok(Some(Frame { tag, options, entries }))
+    Ok(Some(Frame {
+        tag,
+        options,
+        entries,
+    }))
 }
 
 fn parse_options<'a>(r: &mut Reader<'a>) -> Result<Options<'a>> {
@@ -134,21 +168,23 @@ fn parse_options<'a>(r: &mut Reader<'a>) -> Result<Options<'a>> {
         return Ok(options);
     }
     let Some(n) = r.map_len()? else {
-        return Err(FrameError::new("malformed", "the option element must be a map"));
+        return Err(FrameError::new(
+            "malformed",
+            "the option element must be a map",
+        ));
     };
     for _ in 0..n {
         let key = r.bytes()?;
         match key {
             Some(b"chunk") => {
-                options.chunk = Some(
-                    r.bytes()?
-                        .ok_or_else(|| FrameError::new("malformed", "option `chunk` must be a string"))?,
-                );
+                options.chunk = Some(r.bytes()?.ok_or_else(|| {
+                    FrameError::new("malformed", "option `chunk` must be a string")
+                })?);
             }
             Some(b"compressed") => {
-                let v = r
-                    .bytes()?
-                    .ok_or_else(|| FrameError::new("malformed", "option `compressed` must be a string"))?;
+                let v = r.bytes()?.ok_or_else(|| {
+                    FrameError::new("malformed", "option `compressed` must be a string")
+                })?;
                 options.compressed = Some(match v {
                     b"gzip" => Compression::Gzip,
                     b"zstd" => Compression::Zstd,
@@ -164,7 +200,12 @@ fn parse_options<'a>(r: &mut Reader<'a>) -> Result<Options<'a>> {
             Some(b"fluent_signal") => {
                 options.signal = match r.int()? {
                     Some(v) if v >= 0 => v as u64,
-                    _ => return Err(FrameError::new("malformed", "option `fluent_signal` must be a non-negative integer")),
+                    _ => {
+                        return Err(FrameError::new(
+                            "malformed",
+                            "option `fluent_signal` must be a non-negative integer",
+                        ));
+                    }
                 };
             }
             _ => {
@@ -189,20 +230,24 @@ impl Frame<'_> {
         max_decompressed: usize,
         out: &mut Vec<u8>,
     ) -> Result<Lines> {
-        let mut lines = Lines { events: 0, first_time: None };
-        let mut emit = |time: Option<EventTime>, record: &mut Reader, out: &mut Vec<u8>| -> Result<()> {
-            match time {
-                Some(time) => {
-                    format.write_line(out, times, tag_json, time, record)?;
-                    lines.events += 1;
-                    lines.first_time.get_or_insert(time);
-                }
-                None => {
-                    record.skip()?;
-                }
-            }
-            Ok(())
+        let mut lines = Lines {
+            events: 0,
+            first_time: None,
         };
+        let mut emit =
+            |time: Option<EventTime>, record: &mut Reader, out: &mut Vec<u8>| -> Result<()> {
+                match time {
+                    Some(time) => {
+                        format.write_line(out, times, tag_json, time, record)?;
+                        lines.events += 1;
+                        lines.first_time.get_or_insert(time);
+                    }
+                    None => {
+                        record.skip()?;
+                    }
+                }
+                Ok(())
+            };
         match &self.entries {
             Entries::Message { time, record } => emit(*time, &mut record.clone(), out)?,
             Entries::Forward { entries, count } => {
@@ -259,19 +304,26 @@ fn read_entry(
     match r.array_len()? {
         Some(2) => {}
         Some(n) => {
-            return Err(FrameError::new("malformed", format!("entry {index} has {n} elements, expected [time, record]")));
+            return Err(FrameError::new(
+                "malformed",
+                format!("entry {index} has {n} elements, expected [time, record]"),
+            ));
         }
         None => {
             return Err(FrameError::new(
                 "malformed",
-                format!("entry {index} is a {}, expected [time, record]", type_name(r.peek()?)),
+                format!(
+                    "entry {index} is a {}, expected [time, record]",
+                    type_name(r.peek()?)
+                ),
             ));
         }
     }
     let time = r
         .event_time()
         .map_err(|e| FrameError::new("malformed", format!("entry {index}: {e}")))?;
-    emit(time, r, out).map_err(|e| FrameError::new(e.reason, format!("entry {index}: {}", e.detail)))
+    emit(time, r, out)
+        .map_err(|e| FrameError::new(e.reason, format!("entry {index}: {}", e.detail)))
 }
 
 /// `{"ack": chunk}` with the chunk echoed byte for byte as a msgpack str.
@@ -314,30 +366,48 @@ mod tests {
         let f = parse(frame).unwrap().unwrap();
         let fmt = LineFormat::new("", TimeFormat::Rfc3339, 0, "");
         let mut out = Vec::new();
-        let lines = f.transcode(&fmt, &mut fmt.renderer(), b"\"t\"", 1 << 20, &mut out).unwrap();
+        let lines = f
+            .transcode(&fmt, &mut fmt.renderer(), b"\"t\"", 1 << 20, &mut out)
+            .unwrap();
         (String::from_utf8(out).unwrap(), lines)
     }
 
     #[test]
     fn every_mode() {
-        let message = enc(&Value::Array(vec![Value::from("t"), Value::from(5), rec(1)]));
+        let message = enc(&Value::Array(vec![
+            Value::from("t"),
+            Value::from(5),
+            rec(1),
+        ]));
         assert_eq!(lines_of(&message).0, "{\"i\":1}\n");
         let forward = enc(&Value::Array(vec![
             Value::from("t"),
             Value::Array(vec![
                 Value::Array(vec![Value::from(5), rec(1)]),
                 Value::Array(vec![Value::from(-1), rec(99)]),
-                Value::Array(vec![Value::Array(vec![Value::from(6), Value::Map(vec![])]), rec(2)]),
+                Value::Array(vec![
+                    Value::Array(vec![Value::from(6), Value::Map(vec![])]),
+                    rec(2),
+                ]),
             ]),
-            Value::Map(vec![(Value::from("chunk"), Value::from("abc")), (Value::from("x"), Value::from(1))]),
+            Value::Map(vec![
+                (Value::from("chunk"), Value::from("abc")),
+                (Value::from("x"), Value::from(1)),
+            ]),
         ]));
         let (text, lines) = lines_of(&forward);
         assert_eq!(text, "{\"i\":1}\n{\"i\":2}\n");
         assert_eq!(lines.events, 2);
-        assert_eq!(parse(&forward).unwrap().unwrap().options.chunk, Some(&b"abc"[..]));
+        assert_eq!(
+            parse(&forward).unwrap().unwrap().options.chunk,
+            Some(&b"abc"[..])
+        );
         let mut blob = enc(&Value::Array(vec![Value::from(5), rec(1)]));
         blob.extend(enc(&Value::Array(vec![Value::from(6), rec(2)])));
-        let packed = enc(&Value::Array(vec![Value::from("t"), Value::Binary(blob.clone())]));
+        let packed = enc(&Value::Array(vec![
+            Value::from("t"),
+            Value::Binary(blob.clone()),
+        ]));
         assert_eq!(lines_of(&packed).0, "{\"i\":1}\n{\"i\":2}\n");
         let mut gz = Vec::new();
         for half in [&blob[..blob.len() / 2], &blob[blob.len() / 2..]] {
@@ -360,15 +430,34 @@ mod tests {
             enc(&Value::from("nope")),
             enc(&Value::Array(vec![Value::from(1), Value::from(2), rec(1)])),
             enc(&Value::Array(vec![Value::from("t")])),
-            enc(&Value::Array(vec![Value::from("t"), Value::from(1), Value::from("not a map")])),
-            enc(&Value::Array(vec![Value::from("t"), Value::Array(vec![Value::from(1)])])),
-            enc(&Value::Array(vec![Value::from("t"), Value::Binary(vec![0x92, 0x01])])),
+            enc(&Value::Array(vec![
+                Value::from("t"),
+                Value::from(1),
+                Value::from("not a map"),
+            ])),
+            enc(&Value::Array(vec![
+                Value::from("t"),
+                Value::Array(vec![Value::from(1)]),
+            ])),
+            enc(&Value::Array(vec![
+                Value::from("t"),
+                Value::Binary(vec![0x92, 0x01]),
+            ])),
         ];
         for case in cases {
             let fmt = LineFormat::new("", TimeFormat::Rfc3339, 0, "");
             let result = parse(&case).and_then(|f| {
-                f.map(|f| f.transcode(&fmt, &mut fmt.renderer(), b"\"t\"", 1 << 20, &mut Vec::new()).map(|_| ()))
-                    .unwrap_or(Ok(()))
+                f.map(|f| {
+                    f.transcode(
+                        &fmt,
+                        &mut fmt.renderer(),
+                        b"\"t\"",
+                        1 << 20,
+                        &mut Vec::new(),
+                    )
+                    .map(|_| ())
+                })
+                .unwrap_or(Ok(()))
             });
             assert!(result.is_err(), "{case:02x?}");
         }
@@ -385,7 +474,16 @@ mod tests {
         ]));
         let f = parse(&frame).unwrap().unwrap();
         let fmt = LineFormat::new("", TimeFormat::Rfc3339, 0, "");
-        let err = f.transcode(&fmt, &mut fmt.renderer(), b"\"t\"", 1 << 20, &mut Vec::new()).err().unwrap();
+        let err = f
+            .transcode(
+                &fmt,
+                &mut fmt.renderer(),
+                b"\"t\"",
+                1 << 20,
+                &mut Vec::new(),
+            )
+            .err()
+            .unwrap();
         assert_eq!(err.reason, "too_large");
     }
 
@@ -397,7 +495,16 @@ mod tests {
             let v = rmpv::decode::read_value(&mut &msg[..]).unwrap();
             let Value::Map(m) = v else { panic!() };
             assert_eq!(m[0].0.as_str(), Some("ack"));
-            assert_eq!(m[0].1.as_str().map(|s| s.as_bytes().to_vec()).unwrap_or_else(|| match &m[0].1 { Value::String(s) => s.as_bytes().to_vec(), _ => panic!() }), chunk);
+            assert_eq!(
+                m[0].1
+                    .as_str()
+                    .map(|s| s.as_bytes().to_vec())
+                    .unwrap_or_else(|| match &m[0].1 {
+                        Value::String(s) => s.as_bytes().to_vec(),
+                        _ => panic!(),
+                    }),
+                chunk
+            );
         }
     }
 }

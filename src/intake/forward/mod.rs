@@ -31,7 +31,10 @@ pub struct ForwardServer {
 }
 
 impl ForwardServer {
-    pub async fn bind(config: &crate::config::ForwardConfig, ingest: Arc<Ingest>) -> anyhow::Result<ForwardServer> {
+    pub async fn bind(
+        config: &crate::config::ForwardConfig,
+        ingest: Arc<Ingest>,
+    ) -> anyhow::Result<ForwardServer> {
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for forward on {}: {e}", config.bind))?;
@@ -120,22 +123,28 @@ impl Connection {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        break 'conn Some(self.refused(FrameError::new("malformed", e.to_string())));
+                        break 'conn Some(
+                            self.refused(FrameError::new("malformed", e.to_string())),
+                        );
                     }
                 }
             }
             if eof {
                 if start < buf.len() && acks.len() >= MAX_PENDING_ACKS {
-                    if let Some(ack) = acks.next().await {
-                        if let Err(reason) = write_ack(&mut writer, ack).await {
-                            break 'conn Some(reason);
-                        }
+                    if let Some(ack) = acks.next().await
+                        && let Err(reason) = write_ack(&mut writer, ack).await
+                    {
+                        break 'conn Some(reason);
                     }
                     continue;
                 }
                 if start < buf.len() {
-                    metrics::counter!("rin_forward_frames_rejected_total", "reason" => "truncated").increment(1);
-                    break 'conn Some(format!("connection closed inside a frame ({} bytes unread)", buf.len() - start));
+                    metrics::counter!("rin_forward_frames_rejected_total", "reason" => "truncated")
+                        .increment(1);
+                    break 'conn Some(format!(
+                        "connection closed inside a frame ({} bytes unread)",
+                        buf.len() - start
+                    ));
                 }
                 break 'conn None;
             }
@@ -204,7 +213,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn write_ack(writer: &mut tokio::net::tcp::OwnedWriteHalf, ack: Result<Vec<u8>, String>) -> Result<(), String> {
+async fn write_ack(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    ack: Result<Vec<u8>, String>,
+) -> Result<(), String> {
     match ack {
         Ok(chunk) => {
             let msg = frame::ack_message(&chunk);
