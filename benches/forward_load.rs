@@ -31,7 +31,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "forward_load", about = "rin-ship forward load generator and baselines")]
+#[command(
+    name = "forward_load",
+    about = "rin-ship forward load generator and baselines"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -90,10 +93,25 @@ fn main() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     let cli = Cli::parse_from(args);
     let result = match cli.cmd {
-        Cmd::Gen { records, out, per_frame, seed } => gen_stream(records, &out, per_frame, seed),
-        Cmd::Replay { addr, file, connections, window, ack_timeout } => {
-            replay(addr, &file, connections, window, Duration::from_secs(ack_timeout))
-        }
+        Cmd::Gen {
+            records,
+            out,
+            per_frame,
+            seed,
+        } => gen_stream(records, &out, per_frame, seed),
+        Cmd::Replay {
+            addr,
+            file,
+            connections,
+            window,
+            ack_timeout,
+        } => replay(
+            addr,
+            &file,
+            connections,
+            window,
+            Duration::from_secs(ack_timeout),
+        ),
         Cmd::Compress { level, file, out } => compress(level, &file, out.as_deref()),
         Cmd::Verify { meta, file } => verify(&meta, &file),
     };
@@ -163,18 +181,40 @@ const REFERERS: &[&str] = &[
     "https://shop.example.com/search?q=boots",
 ];
 const WEB_PATHS: &[&str] = &[
-    "/", "/products/{id}", "/products/{id}/reviews", "/category/{cat}", "/cart", "/checkout",
-    "/static/js/app.{hex}.js", "/static/css/main.{hex}.css", "/images/p/{id}.webp", "/search",
-    "/account/orders/{id}", "/healthz",
+    "/",
+    "/products/{id}",
+    "/products/{id}/reviews",
+    "/category/{cat}",
+    "/cart",
+    "/checkout",
+    "/static/js/app.{hex}.js",
+    "/static/css/main.{hex}.css",
+    "/images/p/{id}.webp",
+    "/search",
+    "/account/orders/{id}",
+    "/healthz",
 ];
 const API_PATHS: &[&str] = &[
-    "/api/v2/users/{id}", "/api/v2/users/{id}/orders", "/api/v2/orders/{id}", "/api/v2/cart/{id}/items",
-    "/api/v2/inventory/{sku}", "/api/v2/payments/{id}/capture", "/api/v1/session", "/api/v2/search",
+    "/api/v2/users/{id}",
+    "/api/v2/users/{id}/orders",
+    "/api/v2/orders/{id}",
+    "/api/v2/cart/{id}/items",
+    "/api/v2/inventory/{sku}",
+    "/api/v2/payments/{id}/capture",
+    "/api/v1/session",
+    "/api/v2/search",
 ];
-const CATEGORIES: &[&str] = &["shoes", "boots", "jackets", "hats", "bags", "socks", "outlet"];
+const CATEGORIES: &[&str] = &[
+    "shoes", "boots", "jackets", "hats", "bags", "socks", "outlet",
+];
 const LOGGERS: &[&str] = &[
-    "billing.invoice", "billing.payment", "mail.sender", "inventory.sync", "search.indexer",
-    "auth.session", "orders.fulfilment",
+    "billing.invoice",
+    "billing.payment",
+    "mail.sender",
+    "inventory.sync",
+    "search.indexer",
+    "auth.session",
+    "orders.fulfilment",
 ];
 const MESSAGES: &[&str] = &[
     "invoice {id} sent to customer {cust}",
@@ -230,16 +270,31 @@ fn make_record(kind: Kind, rng: &mut Rng) -> Vec<(&'static str, Val)> {
     use Val::*;
     let request_id = format!("{:016x}{:016x}", rng.next(), rng.next());
     let client = rng.skewed(4000);
-    let remote_addr = format!("10.{}.{}.{}", 16 + client / 250 % 16, client % 250, 1 + (client * 7) % 250);
+    let remote_addr = format!(
+        "10.{}.{}.{}",
+        16 + client / 250 % 16,
+        client % 250,
+        1 + (client * 7) % 250
+    );
     match kind {
         Kind::Web | Kind::Api => {
             let mut path = String::with_capacity(48);
-            let paths = if kind == Kind::Web { WEB_PATHS } else { API_PATHS };
+            let paths = if kind == Kind::Web {
+                WEB_PATHS
+            } else {
+                API_PATHS
+            };
             let template = paths[rng.skewed(paths.len() as u64) as usize];
             fill(template, rng, &mut path);
             if rng.below(4) == 0 {
                 use std::fmt::Write as _;
-                write!(path, "?page={}&limit={}", 1 + rng.skewed(20), [10, 20, 50][rng.below(3) as usize]).unwrap();
+                write!(
+                    path,
+                    "?page={}&limit={}",
+                    1 + rng.skewed(20),
+                    [10, 20, 50][rng.below(3) as usize]
+                )
+                .unwrap();
             }
             let method = if kind == Kind::Api {
                 ["GET", "GET", "GET", "POST", "PUT", "DELETE"][rng.below(6) as usize]
@@ -255,14 +310,33 @@ fn make_record(kind: Kind, rng: &mut Rng) -> Vec<(&'static str, Val)> {
                 980..=994 => 401,
                 _ => 500 + (r % 4) as i64,
             };
-            let bytes = if status == 304 { 0 } else { 200 + rng.skewed(60_000) as i64 };
+            let bytes = if status == 304 {
+                0
+            } else {
+                200 + rng.skewed(60_000) as i64
+            };
             let latency_ms = 1 + rng.skewed(800);
             let mut rec = vec![
                 ("remote_addr", S(remote_addr)),
-                ("host", S(format!("{}-{}", if kind == Kind::Web { "web" } else { "api" }, 1 + rng.below(6)))),
+                (
+                    "host",
+                    S(format!(
+                        "{}-{}",
+                        if kind == Kind::Web { "web" } else { "api" },
+                        1 + rng.below(6)
+                    )),
+                ),
                 ("method", S(method.into())),
                 ("path", S(path)),
-                ("protocol", S(if rng.below(3) == 0 { "HTTP/2.0" } else { "HTTP/1.1" }.into())),
+                (
+                    "protocol",
+                    S(if rng.below(3) == 0 {
+                        "HTTP/2.0"
+                    } else {
+                        "HTTP/1.1"
+                    }
+                    .into()),
+                ),
                 ("status", I(status)),
                 ("bytes", I(bytes)),
                 ("referer", S(rng.pick(REFERERS).into())),
@@ -325,7 +399,9 @@ fn json_len(rec: &[(&str, Val)]) -> usize {
         };
         map.insert((*k).to_string(), v);
     }
-    serde_json::to_vec(&serde_json::Value::Object(map)).unwrap().len()
+    serde_json::to_vec(&serde_json::Value::Object(map))
+        .unwrap()
+        .len()
 }
 
 fn gen_stream(records: u64, out: &Path, per_frame: u64, seed: u64) -> Result<()> {
@@ -336,18 +412,28 @@ fn gen_stream(records: u64, out: &Path, per_frame: u64, seed: u64) -> Result<()>
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = out.with_extension("fwd.tmp");
-    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut w = BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
     let mut rng = Rng(seed ^ 0x5EED_0FF0_4A4D);
     let base_secs: u64 = 1_714_560_000; // 2024-05-01T10:40:00Z
     let mut entries = Vec::with_capacity(512 * per_frame as usize);
     let mut frame = Vec::with_capacity(512 * per_frame as usize + 128);
-    let (mut written, mut frames, mut total_bytes, mut entry_bytes, mut json_bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut written, mut frames, mut total_bytes, mut entry_bytes, mut json_bytes) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut id_digest: u64 = 0;
     let mut per_tag: HashMap<&str, u64> = HashMap::new();
     while written < records {
         let n = per_frame.min(records - written);
         let t = rng.below(100);
-        let (tag, kind) = TAGS[if t < 50 { 0 } else if t < 85 { 1 } else { 2 }];
+        let (tag, kind) = TAGS[if t < 50 {
+            0
+        } else if t < 85 {
+            1
+        } else {
+            2
+        }];
         entries.clear();
         for _ in 0..n {
             // ~5000 events/s, so a 1M-event stream spans ~200 s of event time.
@@ -407,8 +493,14 @@ fn gen_stream(records: u64, out: &Path, per_frame: u64, seed: u64) -> Result<()>
     println!("gen.records: {records}");
     println!("gen.frames: {frames}");
     println!("gen.msgpack_bytes: {total_bytes}");
-    println!("gen.avg_entry_msgpack_bytes: {:.1}", entry_bytes as f64 / records.max(1) as f64);
-    println!("gen.avg_record_json_bytes: {:.1}", json_bytes as f64 / records.max(1) as f64);
+    println!(
+        "gen.avg_entry_msgpack_bytes: {:.1}",
+        entry_bytes as f64 / records.max(1) as f64
+    );
+    println!(
+        "gen.avg_record_json_bytes: {:.1}",
+        json_bytes as f64 / records.max(1) as f64
+    );
     let mut tags: Vec<_> = per_tag.into_iter().collect();
     tags.sort();
     for (tag, n) in tags {
@@ -431,22 +523,43 @@ fn skip_value(buf: &[u8], pos: usize) -> Result<Option<usize>> {
     let mut pos = pos;
     let mut pending: u64 = 1; // values still to skip
     while pending > 0 {
-        let Some(&b) = buf.get(pos) else { return Ok(None) };
+        let Some(&b) = buf.get(pos) else {
+            return Ok(None);
+        };
         pending -= 1;
         let be = |at: usize, n: usize| -> Option<u64> {
-            buf.get(at..at + n).map(|s| s.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64))
+            buf.get(at..at + n)
+                .map(|s| s.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64))
         };
         let (header, body, children): (usize, u64, u64) = match b {
             0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0, 0),
             0x80..=0x8f => (1, 0, 2 * (b & 0x0f) as u64),
             0x90..=0x9f => (1, 0, (b & 0x0f) as u64),
             0xa0..=0xbf => (1, (b & 0x1f) as u64, 0),
-            0xc4 | 0xd9 => match be(pos + 1, 1) { Some(n) => (2, n, 0), None => return Ok(None) },
-            0xc5 | 0xda => match be(pos + 1, 2) { Some(n) => (3, n, 0), None => return Ok(None) },
-            0xc6 | 0xdb => match be(pos + 1, 4) { Some(n) => (5, n, 0), None => return Ok(None) },
-            0xc7 => match be(pos + 1, 1) { Some(n) => (3, n, 0), None => return Ok(None) },
-            0xc8 => match be(pos + 1, 2) { Some(n) => (4, n, 0), None => return Ok(None) },
-            0xc9 => match be(pos + 1, 4) { Some(n) => (6, n, 0), None => return Ok(None) },
+            0xc4 | 0xd9 => match be(pos + 1, 1) {
+                Some(n) => (2, n, 0),
+                None => return Ok(None),
+            },
+            0xc5 | 0xda => match be(pos + 1, 2) {
+                Some(n) => (3, n, 0),
+                None => return Ok(None),
+            },
+            0xc6 | 0xdb => match be(pos + 1, 4) {
+                Some(n) => (5, n, 0),
+                None => return Ok(None),
+            },
+            0xc7 => match be(pos + 1, 1) {
+                Some(n) => (3, n, 0),
+                None => return Ok(None),
+            },
+            0xc8 => match be(pos + 1, 2) {
+                Some(n) => (4, n, 0),
+                None => return Ok(None),
+            },
+            0xc9 => match be(pos + 1, 4) {
+                Some(n) => (6, n, 0),
+                None => return Ok(None),
+            },
             0xca => (5, 0, 0),
             0xcb => (9, 0, 0),
             0xcc | 0xd0 => (2, 0, 0),
@@ -458,10 +571,22 @@ fn skip_value(buf: &[u8], pos: usize) -> Result<Option<usize>> {
             0xd6 => (6, 0, 0),
             0xd7 => (10, 0, 0),
             0xd8 => (18, 0, 0),
-            0xdc => match be(pos + 1, 2) { Some(n) => (3, 0, n), None => return Ok(None) },
-            0xdd => match be(pos + 1, 4) { Some(n) => (5, 0, n), None => return Ok(None) },
-            0xde => match be(pos + 1, 2) { Some(n) => (3, 0, 2 * n), None => return Ok(None) },
-            0xdf => match be(pos + 1, 4) { Some(n) => (5, 0, 2 * n), None => return Ok(None) },
+            0xdc => match be(pos + 1, 2) {
+                Some(n) => (3, 0, n),
+                None => return Ok(None),
+            },
+            0xdd => match be(pos + 1, 4) {
+                Some(n) => (5, 0, n),
+                None => return Ok(None),
+            },
+            0xde => match be(pos + 1, 2) {
+                Some(n) => (3, 0, 2 * n),
+                None => return Ok(None),
+            },
+            0xdf => match be(pos + 1, 4) {
+                Some(n) => (5, 0, 2 * n),
+                None => return Ok(None),
+            },
             0xc1 => bail!("invalid msgpack byte 0xc1 at offset {pos}"),
         };
         pos += header + body as usize;
@@ -477,7 +602,9 @@ fn skip_value(buf: &[u8], pos: usize) -> Result<Option<usize>> {
 fn str_or_bin_at(buf: &[u8], pos: usize) -> Result<(usize, usize)> {
     let b = *buf.get(pos).ok_or_else(|| anyhow!("truncated"))?;
     let be = |n: usize| -> Result<usize> {
-        let s = buf.get(pos + 1..pos + 1 + n).ok_or_else(|| anyhow!("truncated"))?;
+        let s = buf
+            .get(pos + 1..pos + 1 + n)
+            .ok_or_else(|| anyhow!("truncated"))?;
         Ok(s.iter().fold(0usize, |acc, &x| (acc << 8) | x as usize))
     };
     Ok(match b {
@@ -494,8 +621,14 @@ fn map_at(buf: &[u8], pos: usize) -> Result<(usize, usize)> {
     let b = *buf.get(pos).ok_or_else(|| anyhow!("truncated"))?;
     Ok(match b {
         0x80..=0x8f => (pos + 1, (b & 0x0f) as usize),
-        0xde => (pos + 3, u16::from_be_bytes([buf[pos + 1], buf[pos + 2]]) as usize),
-        0xdf => (pos + 5, u32::from_be_bytes(buf[pos + 1..pos + 5].try_into()?) as usize),
+        0xde => (
+            pos + 3,
+            u16::from_be_bytes([buf[pos + 1], buf[pos + 2]]) as usize,
+        ),
+        0xdf => (
+            pos + 5,
+            u32::from_be_bytes(buf[pos + 1..pos + 5].try_into()?) as usize,
+        ),
         _ => bail!("expected a map at offset {pos}, found 0x{b:02x}"),
     })
 }
@@ -510,7 +643,8 @@ fn map_get_typed<'a>(buf: &'a [u8], pos: usize, key: &str) -> Result<Option<(boo
     let (mut p, pairs) = map_at(buf, pos)?;
     for _ in 0..pairs {
         let kend = skip_value(buf, p)?.ok_or_else(|| anyhow!("truncated map"))?;
-        let is_key = matches!(str_or_bin_at(buf, p), Ok((s, n)) if &buf[s..s + n] == key.as_bytes());
+        let is_key =
+            matches!(str_or_bin_at(buf, p), Ok((s, n)) if &buf[s..s + n] == key.as_bytes());
         let vend = skip_value(buf, kend)?.ok_or_else(|| anyhow!("truncated map"))?;
         if is_key {
             let (s, n) = str_or_bin_at(buf, kend)?;
@@ -533,7 +667,8 @@ fn scan_frames(buf: &[u8]) -> Result<Vec<Frame>> {
     let mut frames = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
-        let end = skip_value(buf, pos)?.ok_or_else(|| anyhow!("stream truncated at offset {pos}"))?;
+        let end =
+            skip_value(buf, pos)?.ok_or_else(|| anyhow!("stream truncated at offset {pos}"))?;
         if buf[pos] != 0x93 {
             bail!("frame at offset {pos} is not a 3-element array");
         }
@@ -554,7 +689,12 @@ fn scan_frames(buf: &[u8]) -> Result<Vec<Frame>> {
             }
             p = vend;
         }
-        frames.push(Frame { start: pos, end, chunk, events });
+        frames.push(Frame {
+            start: pos,
+            end,
+            chunk,
+            events,
+        });
         pos = end;
     }
     Ok(frames)
@@ -585,7 +725,13 @@ fn cpu_seconds(who: libc::c_int) -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn replay(addr: SocketAddr, file: &Path, connections: usize, window: usize, ack_timeout: Duration) -> Result<()> {
+fn replay(
+    addr: SocketAddr,
+    file: &Path,
+    connections: usize,
+    window: usize,
+    ack_timeout: Duration,
+) -> Result<()> {
     if connections == 0 || window == 0 {
         bail!("--connections and --window must be at least 1");
     }
@@ -598,7 +744,14 @@ fn replay(addr: SocketAddr, file: &Path, connections: usize, window: usize, ack_
     let data = Arc::new(data);
     let frames = Arc::new(frames);
     let connections = connections.min(frames.len());
-    eprintln!("replay: {} frames, {} events, {} bytes over {} connection(s), window {}", frames.len(), total_events, data.len(), connections, window);
+    eprintln!(
+        "replay: {} frames, {} events, {} bytes over {} connection(s), window {}",
+        frames.len(),
+        total_events,
+        data.len(),
+        connections,
+        window
+    );
 
     let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
     let start = Instant::now();
@@ -624,9 +777,18 @@ fn replay(addr: SocketAddr, file: &Path, connections: usize, window: usize, ack_
     let frames_acked: u64 = results.iter().map(|r| r.frames).sum();
     let events: u64 = results.iter().map(|r| r.events).sum();
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
-    let mut lat: Vec<f64> = results.iter().flat_map(|r| r.latencies_ms.iter().copied()).collect();
+    let mut lat: Vec<f64> = results
+        .iter()
+        .flat_map(|r| r.latencies_ms.iter().copied())
+        .collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let q = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+    let q = |p: f64| {
+        if lat.is_empty() {
+            f64::NAN
+        } else {
+            lat[((lat.len() - 1) as f64 * p).round() as usize]
+        }
+    };
     let spread = if results.len() > 1 {
         let first = results.iter().map(|r| r.finished).min().unwrap();
         let last = results.iter().map(|r| r.finished).max().unwrap();
@@ -691,12 +853,16 @@ fn run_connection(
         while acked < total {
             let n = match reader.read(&mut tmp) {
                 Ok(0) => {
-                    fail(format!("server closed the connection after {acked} of {total} acks"));
+                    fail(format!(
+                        "server closed the connection after {acked} of {total} acks"
+                    ));
                     return latencies;
                 }
                 Ok(n) => n,
                 Err(e) => {
-                    fail(format!("no ack for {ack_timeout:?} after {acked} of {total} acks ({e})"));
+                    fail(format!(
+                        "no ack for {ack_timeout:?} after {acked} of {total} acks ({e})"
+                    ));
                     return latencies;
                 }
             };
@@ -719,11 +885,17 @@ fn run_connection(
                         a.to_vec()
                     }
                     Ok(None) => {
-                        fail(format!("server sent a map without `ack`: {:02x?}", &buf[pos..end]));
+                        fail(format!(
+                            "server sent a map without `ack`: {:02x?}",
+                            &buf[pos..end]
+                        ));
                         return latencies;
                     }
                     Err(e) => {
-                        fail(format!("server sent something other than an ack map ({e}): {:02x?}", &buf[pos..end.min(pos + 64)]));
+                        fail(format!(
+                            "server sent something other than an ack map ({e}): {:02x?}",
+                            &buf[pos..end.min(pos + 64)]
+                        ));
                         return latencies;
                     }
                 };
@@ -736,7 +908,10 @@ fn run_connection(
                         cv.notify_all();
                     }
                     None => {
-                        let msg = format!("ack for unknown or already-acked chunk {:?}", String::from_utf8_lossy(&ack));
+                        let msg = format!(
+                            "ack for unknown or already-acked chunk {:?}",
+                            String::from_utf8_lossy(&ack)
+                        );
                         st.error.get_or_insert(msg);
                         cv.notify_all();
                         return latencies;
@@ -748,7 +923,9 @@ fn run_connection(
             buf.drain(..pos);
         }
         if non_str_acks > 0 {
-            eprintln!("replay: warning: {non_str_acks} acks carried the chunk id as msgpack bin, the protocol wants str");
+            eprintln!(
+                "replay: warning: {non_str_acks} acks carried the chunk id as msgpack bin, the protocol wants str"
+            );
         }
         latencies
     });
@@ -767,7 +944,10 @@ fn run_connection(
                 bail!("{e}");
             }
             if st.sent_at.insert(f.chunk.clone(), Instant::now()).is_some() {
-                bail!("chunk id {:?} used twice in the stream", String::from_utf8_lossy(&f.chunk));
+                bail!(
+                    "chunk id {:?} used twice in the stream",
+                    String::from_utf8_lossy(&f.chunk)
+                );
             }
         }
         if let Err(e) = stream.write_all(&data[f.start..f.end]) {
@@ -780,7 +960,9 @@ fn run_connection(
         bytes += (f.end - f.start) as u64;
         events += f.events;
     }
-    let latencies = reader_thread.join().map_err(|_| anyhow!("reader panicked"))?;
+    let latencies = reader_thread
+        .join()
+        .map_err(|_| anyhow!("reader panicked"))?;
     let finished = Instant::now();
     let st = lock.lock().unwrap();
     if let Some(e) = &st.error {
@@ -791,7 +973,13 @@ fn run_connection(
     }
     drop(st);
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    Ok(ConnResult { frames: total, events, bytes, latencies_ms: latencies, finished })
+    Ok(ConnResult {
+        frames: total,
+        events,
+        bytes,
+        latencies_ms: latencies,
+        finished,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -804,7 +992,10 @@ fn compress(level: u32, file: &Path, out: Option<&Path>) -> Result<()> {
     let input = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
     let t0 = Instant::now();
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(input.len() / 4), flate2::Compression::new(level));
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(input.len() / 4),
+        flate2::Compression::new(level),
+    );
     // Feed it in 64 KiB writes, as a streaming compressor would see the data.
     for block in input.chunks(64 << 10) {
         enc.write_all(block)?;
@@ -818,10 +1009,16 @@ fn compress(level: u32, file: &Path, out: Option<&Path>) -> Result<()> {
     println!("compress.level: {level}");
     println!("compress.input_bytes: {}", input.len());
     println!("compress.output_bytes: {}", output.len());
-    println!("compress.ratio: {:.4}", output.len() as f64 / input.len().max(1) as f64);
+    println!(
+        "compress.ratio: {:.4}",
+        output.len() as f64 / input.len().max(1) as f64
+    );
     println!("compress.cpu_s: {cpu:.3}");
     println!("compress.wall_s: {wall:.3}");
-    println!("compress.mb_per_cpu_s: {:.1}", input.len() as f64 / cpu.max(1e-9) / 1e6);
+    println!(
+        "compress.mb_per_cpu_s: {:.1}",
+        input.len() as f64 / cpu.max(1e-9) / 1e6
+    );
     Ok(())
 }
 
@@ -834,10 +1031,20 @@ struct IdOnly {
 }
 
 fn verify(meta: &Path, file: &Path) -> Result<()> {
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(meta).with_context(|| format!("reading {}", meta.display()))?)?;
-    let want_records = meta["records"].as_u64().ok_or_else(|| anyhow!("meta has no records"))?;
-    let want_digest = meta["request_id_digest"].as_str().unwrap_or_default().to_string();
-    let reader = BufReader::with_capacity(1 << 20, std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?);
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(meta).with_context(|| format!("reading {}", meta.display()))?,
+    )?;
+    let want_records = meta["records"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("meta has no records"))?;
+    let want_digest = meta["request_id_digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+    );
     let mut seen = std::collections::HashSet::with_capacity(want_records as usize);
     let (mut lines, mut dupes, mut bad) = (0u64, 0u64, 0u64);
     let mut digest: u64 = 0;
@@ -857,7 +1064,10 @@ fn verify(meta: &Path, file: &Path) -> Result<()> {
             }
             Err(e) => {
                 if bad < 3 {
-                    eprintln!("verify: line {lines}: {e}: {}", String::from_utf8_lossy(&line[..line.len().min(200)]));
+                    eprintln!(
+                        "verify: line {lines}: {e}: {}",
+                        String::from_utf8_lossy(&line[..line.len().min(200)])
+                    );
                 }
                 bad += 1;
             }

@@ -154,7 +154,10 @@ cpu_ticks() {
 SAMPLER_PID=$!
 
 # ---------------------------------------------------------------------------- replay
+# Whole-machine busy ticks (all cores, /proc/stat): other work on the machine skews the figures.
+machine_busy() { local _c u n s _i _w q sq st _rest; read -r _c u n s _i _w q sq st _rest </proc/stat; echo $((u + n + s + q + sq + st)); }
 CPU_START=$(cpu_ticks)
+MACHINE_START=$(machine_busy)
 T_START=$EPOCHREALTIME
 log "replay: $CONNECTIONS connection(s), window $WINDOW"
 set +e
@@ -164,10 +167,19 @@ REPLAY_RC=$?
 set -e
 T_ACKED=$EPOCHREALTIME
 CPU_ACKED=$(cpu_ticks)
+MACHINE_ACKED=$(machine_busy)
 cat "$RUN/replay.out" >&2
 
 # ---------------------------------------------------------------------------- shutdown
 HWM_BEFORE_TERM=$(awk '/^VmHWM:/ {print $2}' "/proc/$SPID/status")
+# Per-thread CPU so far, summed by thread name: shows which stage is busy and whether work spreads.
+THREADS=$(for t in /proc/"$SPID"/task/*; do
+    st=$(<"$t/stat") 2>/dev/null || continue
+    name=${st#*(}; name=${name%%)*}
+    st=${st##*) }; f=($st)
+    echo "$name $((f[11] + f[12]))"
+done | awk -v hz="$CLK_TCK" '{ c[$1] += $2; n[$1]++ }
+    END { for (k in c) if (c[k] > 0) printf "%s%s=%.2f", (i++ ? " " : ""), (n[k] > 1 ? k "(x" n[k] ")" : k), c[k] / hz }')
 log "SIGTERM to server"
 kill -TERM "$SPID"
 set +e
@@ -198,7 +210,7 @@ OBJ_DIR=$DATA_DIR/objects
 [[ -d $OBJ_DIR ]] || die "no objects folder $OBJ_DIR"
 OBJECTS=$(find "$OBJ_DIR" -type f | wc -l)
 OBJ_BYTES=$(find "$OBJ_DIR" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
-BUFFER_LEFT=$( (find "$DATA_DIR/buffer" -type f 2>/dev/null || true) | wc -l)
+BUFFER_LEFT=$( (find "$DATA_DIR/buffer" -mindepth 2 -type f 2>/dev/null || true) | wc -l)
 NDJSON=$RUN/all.ndjson
 find "$OBJ_DIR" -type f -print0 | sort -z | xargs -0 -r gzip -dc >"$NDJSON"
 NDJSON_BYTES=$(stat -c %s "$NDJSON")
@@ -240,7 +252,8 @@ awk \
     -v objs="$OBJECTS" -v objbytes="$OBJ_BYTES" -v ndjson="$NDJSON_BYTES" -v streamb="$STREAM_BYTES" \
     -v gzb="$GZIP_BYTES" -v gzc="$GZIP_CPU" -v flb="$FL_BYTES" -v flc="$FL_CPU" -v level="$LEVEL" \
     -v p50="${P50:-nan}" -v p99="${P99:-nan}" -v ccpu="${CLIENT_CPU:-0}" -v nproc="$NPROC" \
-    -v conns="$CONNECTIONS" -v window="$WINDOW" -v left="$BUFFER_LEFT" '
+    -v conns="$CONNECTIONS" -v window="$WINDOW" -v left="$BUFFER_LEFT" \
+    -v m0="${MACHINE_START:-0}" -v mack="${MACHINE_ACKED:-0}" '
 function pf(ok) { return ok ? "PASS" : "FAIL" }
 BEGIN {
     replay_cpu = (cack - c0) / hz
@@ -264,13 +277,17 @@ BEGIN {
     printf "%-46s %16.2f\n", "server CPU s per 1M events", per_m
     printf "%-46s %16.2f   %s (>= %.1f of %d cores)\n", "server cores busy during replay", busy_replay, pf(busy_replay >= 0.9 * nproc), 0.9 * nproc, nproc
     printf "%-46s %16.2f\n", "server + load client cores busy during replay", busy_replay + (wall > 0 ? ccpu / wall : 0)
+    mbusy = (tack - t0) > 0 ? (mack - m0) / hz / (tack - t0) : 0
+    other = mbusy - (tack - t0 > 0 ? (cack - c0) / hz / (tack - t0) : 0) - (wall > 0 ? ccpu / wall : 0)
+    printf "%-46s %16.2f\n", "whole machine cores busy during replay", mbusy
+    printf "%-46s %16.2f\n", "  of which other processes (noise)", other < 0 ? 0 : other
     printf "%-46s %16.2f\n", "server cores busy, replay start -> exit", busy_all
     printf "%-46s %16.2f\n", "load client CPU s (shares the cores)", ccpu
     printf "%-46s %16.1f   %s (<= 100 MB)\n", "peak RSS MB", peak / 1024, pf(peak / 1024 <= 100)
     printf "%-46s %16d\n", "msgpack stream bytes", streamb
     printf "%-46s %16d\n", "NDJSON bytes (decompressed objects)", ndjson
     printf "%-46s %16d\n", "objects", objs
-    printf "%-46s %16d\n", "files left in buffer dir after exit", left
+    printf "%-46s %16d\n", "chunk files left in buffer after exit", left
     printf "%-46s %16d\n", "rin-ship compressed bytes (sum of objects)", objbytes
     printf "%-46s %16d\n", "gzip -6 bytes", gzb
     printf "%-46s %16.2f\n", "gzip -6 CPU s", gzc
@@ -280,6 +297,8 @@ BEGIN {
     printf "%-46s %16.2f   %s (<= 1.30)\n", "ratio CPU rin-ship / flate2 level " level, rc, pf(rc > 0 && rc <= 1.30)
     printf "%-46s %16.2f\n", "ratio CPU (replay only) / flate2 level " level, rc_replay
 }'
+
+printf '%-46s %s\n' "server CPU s by thread (at last ack)" "${THREADS:-?}"
 
 if [[ $CHECKS_OK == 1 ]]; then
     printf '%-46s %16s\n' "checks (acks, line count, ids, exit 0)" "OK"

@@ -260,7 +260,12 @@ impl Config {
             }
         };
         config.fill_defaults();
-        config.validate()?;
+        match path {
+            Some(path) => config
+                .validate()
+                .with_context(|| format!("config file {}", path.display()))?,
+            None => config.validate()?,
+        }
         Ok(config)
     }
 

@@ -45,9 +45,15 @@ pub async fn serve(config: Config) -> Result<()> {
         let buffer = buffer.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(tick_every);
+            let mut last_gc = std::time::Instant::now();
             loop {
                 interval.tick().await;
                 buffer.tick();
+                if last_gc.elapsed() >= Duration::from_secs(60) {
+                    last_gc = std::time::Instant::now();
+                    let buffer = buffer.clone();
+                    let _ = tokio::task::spawn_blocking(move || buffer.collect_garbage()).await;
+                }
             }
         })
     };

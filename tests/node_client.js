@@ -6,7 +6,7 @@ const { FluentClient, EventTime } = require("@fluent-org/logger");
 const [port, mode, ack, count, t0] = process.argv.slice(2);
 const opts = {
   eventMode: mode,
-  socket: { host: "127.0.0.1", port: Number(port), disableReconnect: true, timeout: 10000 },
+  socket: { host: "127.0.0.1", port: Number(port), timeout: 10000 },
   flushInterval: 20,
 };
 if (ack === "1") opts.ack = { ackTimeout: 10000 };
@@ -14,6 +14,11 @@ const client = new FluentClient("node", opts);
 const errors = [];
 let ok = 0;
 client.socketOn && client.socketOn("error", (e) => errors.push("socket: " + String(e)));
+// keeps the event loop alive: a promise that never settles must fail, not exit 0 silently
+const guard = setTimeout(() => {
+  console.log(JSON.stringify({ ok, errors: ["timeout: not all emits settled in 60s"] }));
+  process.exit(3);
+}, 60000);
 (async () => {
   const ps = [];
   for (let n = 0; n < Number(count); n++) {

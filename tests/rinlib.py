@@ -266,6 +266,15 @@ class Fwd:
             f"ack mismatch: expected {{'ack': {chunk!r}}} (ack value as msgpack str), got {got!r}"
         )
 
+    def sync(self, timeout: float = 10.0) -> None:
+        """Barrier: an acked Forward frame with no entries. Frames on one connection are handled
+        in order, so once it is acked every earlier frame on this connection was processed.
+        (Used before SIGTERM where the records were sent without ack.)"""
+        self._nsync = getattr(self, "_nsync", 0) + 1
+        cid = f"rin-test-sync-{self._nsync}"
+        self.send(["rin.test.sync", [], {"chunk": cid}])
+        self.expect_ack(cid, timeout)
+
     def expect_closed(self, timeout: float = 10.0) -> None:
         """Assert the server closes this connection (EOF or reset) within timeout; any data
         (e.g. an ack) before that is an error."""

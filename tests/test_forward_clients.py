@@ -57,6 +57,7 @@ def test_fluent_logger_nanosecond_precision(rin):
         assert ok, f"emit {i} failed: {s.last_error!r}"
         expected.append(line(rec, T0 + i, nanos, tag="nano.t", tag_key="tag"))
     s.close()
+    r.wait_records(len(expected), timeout=20)
     r.terminate()
     assert_same_records(r.records(), expected)
 
@@ -73,6 +74,9 @@ def test_fluent_logger_emit_current_time(rin):
     s.close()
     s2.close()
     after = time.time()
+    # no ack in fluent-logger: wait for the data to be shipped (seal_age) before SIGTERM;
+    # SIGTERM right after a fire-and-forget client closes is tested in test_shutdown.py
+    r.wait_records(20, timeout=20)
     r.terminate()
     got = r.records()
     assert len(got) == 20, got
@@ -98,6 +102,7 @@ def test_fluent_logger_async_sender(rin):
         s.emit_with_time("a" if i % 2 else "b", T0, rec)
         expected.append(line(rec, T0, tag="async." + ("a" if i % 2 else "b"), tag_key="tag"))
     s.close()  # waits for the queue to drain
+    r.wait_records(len(expected), timeout=20)
     r.terminate()
     assert_same_records(r.records(), expected)
 
@@ -132,5 +137,7 @@ def test_node_fluent_org_logger(rin, mode, ack):
         # acked means durable: SIGKILL right away must not lose anything
         r.kill()
         r.start()
+    else:
+        r.wait_records(n, timeout=20)
     r.terminate()
     assert_same_records(r.records(), expected)

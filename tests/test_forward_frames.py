@@ -27,6 +27,7 @@ def run(rin, frames, expected, config=None, per_conn=False):
     with r.connect() as c:
         for f in frames:
             c.send(f)
+        c.sync()
     r.terminate()
     got = r.records()
     assert_same_records(got, expected)
@@ -112,6 +113,7 @@ def test_frames_split_across_tcp_writes(rin):
         for b in f1:
             c.sock.sendall(bytes([b]))
         c.sock.sendall(many)
+        c.sync()
     r.terminate()
     assert_same_records(r.records(), [line(R1)] + [line({"i": i}) for i in range(200)])
 
@@ -178,6 +180,7 @@ def test_time_format_epoch(rin, fmt, nanos, value):
     r = rin(cfg)
     with r.connect() as c:
         c.send(["t.e", fixext8_time(T0, nanos), R1])
+        c.sync()
     r.terminate()
     got = r.records()
     assert len(got) == 1, got
@@ -194,6 +197,7 @@ def test_time_precision(rin, precision, frac):
     r = rin(cfg)
     with r.connect() as c:
         c.send(["t.e", fixext8_time(T0, 123_456_789), R1])
+        c.sync()
     r.terminate()
     got = r.records()
     assert got == [{"time": f"2024-05-01T12:34:56{frac}Z", **R1}]
@@ -206,6 +210,7 @@ def test_tag_key_and_custom_time_key(rin):
     r = rin(cfg)
     with r.connect() as c:
         c.send(["my.tag", T0, rec])
+        c.sync()
     r.terminate()
     got = r.records()
     assert got == [{"@ts": "2024-05-01T12:34:56.000000Z", "tag": "my.tag", "m": 1}], got
@@ -217,6 +222,7 @@ def test_no_time_key(rin):
     r = rin(cfg)
     with r.connect() as c:
         c.send(["t", T0, {"time": "kept?", "a": 1}])
+        c.sync()
     r.terminate()
     assert r.records() == [{"time": "kept?", "a": 1}], (
         "with time_key '' no time field is written and the record's own 'time' key is kept")

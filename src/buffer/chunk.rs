@@ -81,6 +81,41 @@ pub fn journal_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:010}.journal"))
 }
 
+pub fn shipped_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:010}.shipped"))
+}
+
+/// The sequence number of a shipped chunk's kept journal.
+pub fn shipped_seq_of(name: &str) -> Option<u64> {
+    name.strip_suffix(".shipped")?.parse().ok()
+}
+
+/// After the store confirmed the object: the data goes, the journal stays as `.shipped` for
+/// the dedupe window, so a client's resend of a chunk it got no ack for is still recognised
+/// after a restart. Renaming first means a crash in between leaves a retired chunk, never an
+/// orphan that would be uploaded and loaded again.
+pub fn retire(chunk: &SealedChunk) -> io::Result<()> {
+    let dir = chunk.journal_path.parent().unwrap_or(Path::new("."));
+    std::fs::rename(&chunk.journal_path, shipped_path(dir, chunk.seq))?;
+    match std::fs::remove_file(&chunk.data_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The forward chunk ids a journal (open, sealed or shipped) recorded.
+pub fn journal_ids(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    Ok(read_journal(path)?
+        .into_iter()
+        .flat_map(|r| match r {
+            Record::Commit { ids, .. } => ids,
+            _ => Vec::new(),
+        })
+        .filter_map(|id| engine.decode(id).ok())
+        .collect())
+}
+
 /// The sequence number of a chunk file name, if it is one of ours.
 pub fn seq_of(name: &str) -> Option<u64> {
     let stem = name

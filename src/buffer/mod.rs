@@ -59,6 +59,7 @@ const QUEUE_DEPTH: usize = 64;
 
 pub struct Buffer {
     lanes: Vec<Lane>,
+    dirs: Vec<PathBuf>,
     inflight: Arc<Semaphore>,
     pub usage: Arc<Usage>,
     pub dedupe: Arc<Dedupe>,
@@ -126,6 +127,7 @@ impl Buffer {
         }
         Ok(Buffer {
             lanes,
+            dirs: config.targets.iter().map(|t| root.join(&t.name)).collect(),
             inflight: Arc::new(Semaphore::new(INFLIGHT_KIB)),
             usage,
             dedupe,
@@ -171,6 +173,15 @@ impl Buffer {
         Ok(durable)
     }
 
+    /// Drops kept journals of shipped chunks once the dedupe window has passed.
+    pub fn collect_garbage(&self) {
+        for dir in &self.dirs {
+            if let Err(e) = collect_shipped(dir, self.dedupe.window, None) {
+                warn!(dir = %dir.display(), "cannot clean shipped journals: {e}");
+            }
+        }
+    }
+
     /// Asks every writer to seal chunks past their age.
     pub fn tick(&self) {
         for lane in &self.lanes {
@@ -204,14 +215,21 @@ fn recover_dir(
     dedupe: &Dedupe,
     mut ship: impl FnMut(SealedChunk),
 ) -> io::Result<u64> {
-    let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
+    let names: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
-        .filter_map(|e| chunk::seq_of(&e.file_name().to_string_lossy()))
+        .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
+    let shipped = collect_shipped(dir, dedupe.window, Some(dedupe))?;
+    let mut seqs: Vec<u64> = names.iter().filter_map(|n| chunk::seq_of(n)).collect();
     seqs.sort_unstable();
     seqs.dedup();
-    let mut max = 0;
+    let mut max = shipped.iter().copied().max().unwrap_or(0);
     for seq in seqs {
+        if shipped.contains(&seq) {
+            // Uploaded and retired; a crash came before its data file was removed.
+            chunk::remove_both(&chunk::data_path(dir, seq), &chunk::journal_path(dir, seq))?;
+            continue;
+        }
         max = max.max(seq);
         match chunk::recover(dir, seq) {
             Ok(r) => {
@@ -235,6 +253,35 @@ fn recover_dir(
         }
     }
     Ok(max)
+}
+
+/// Removes kept journals of shipped chunks older than the dedupe window; with `dedupe`, loads
+/// the ids of the younger ones. Returns the sequence numbers still kept.
+fn collect_shipped(dir: &Path, window: Duration, dedupe: Option<&Dedupe>) -> io::Result<Vec<u64>> {
+    let mut kept = Vec::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let Some(seq) = chunk::shipped_seq_of(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if age >= window {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        kept.push(seq);
+        if let Some(dedupe) = dedupe {
+            let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            for id in chunk::journal_ids(&entry.path()).unwrap_or_default() {
+                dedupe.remember_at(id, seen);
+            }
+        }
+    }
+    Ok(kept)
 }
 
 fn warn_unknown_dirs(root: &Path, config: &Config) {
@@ -625,11 +672,15 @@ impl Dedupe {
     }
 
     fn remember(&self, id: Vec<u8>) {
+        self.remember_at(id, Instant::now());
+    }
+
+    fn remember_at(&self, id: Vec<u8>, seen: Instant) {
         self.entries
             .lock()
             .unwrap()
             .map
-            .insert(id, Entry::Stored(Instant::now()));
+            .insert(id, Entry::Stored(seen));
     }
 
     pub fn claim(self: &Arc<Self>, id: &[u8]) -> Claim {

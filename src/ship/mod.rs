@@ -8,7 +8,7 @@ pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
 
-use crate::buffer::chunk::{SealedChunk, remove_both};
+use crate::buffer::chunk::{SealedChunk, retire};
 use crate::buffer::{Sealed, Usage};
 use crate::config::{Config, StoreConfig};
 use anyhow::Result;
@@ -146,7 +146,7 @@ impl Shipper {
                         .record(started.elapsed().as_secs_f64());
                     debug!(%key, events = chunk.events, ndjson_bytes = chunk.bytes, object_bytes = chunk.size, "uploaded");
                     let disk = chunk.disk_bytes();
-                    match remove_both(&chunk.data_path, &chunk.journal_path) {
+                    match retire(&chunk) {
                         Ok(()) => self.usage.sub(disk),
                         Err(e) => {
                             warn!(%key, "uploaded, but cannot delete the chunk file (it will be uploaded again, to the same key): {e}")

@@ -12,10 +12,18 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
+
+/// At shutdown a connection keeps reading until its client is quiet this long (data already
+/// sent by a client that asks no acks is otherwise lost)...
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
+/// ...or until this much time has passed; a client that never pauses gets no more acks and
+/// resends after the restart.
+const DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// Frames a connection may have waiting for their ack before it stops reading more.
 const MAX_PENDING_ACKS: usize = 64;
@@ -104,6 +112,8 @@ impl Connection {
         let mut scanner = FrameScanner::default();
         let mut acks: FuturesOrdered<PendingAck> = FuturesOrdered::new();
         let mut eof = false;
+        // Set at shutdown: the deadline for reading what clients already sent.
+        let mut draining: Option<Instant> = None;
         let close_reason: Option<String> = 'conn: loop {
             // Handle every complete frame already buffered.
             while !eof || start < buf.len() {
@@ -165,19 +175,30 @@ impl Connection {
                             break 'conn Some(reason);
                         }
                     }
-                    _ = stopped(&mut stop) => break 'conn None,
+                    _ = stopped(&mut stop), if draining.is_none() => break 'conn None,
+                }
+                if draining.is_some() {
+                    break 'conn None;
                 }
                 continue;
             }
             if buf.capacity() - buf.len() < 32 << 10 {
                 buf.reserve(64 << 10);
             }
+            // While draining, read what the client already sent until it goes quiet.
+            let wait = match draining {
+                None => self.idle_timeout,
+                Some(deadline) => {
+                    DRAIN_IDLE.min(deadline.saturating_duration_since(Instant::now()))
+                }
+            };
             tokio::select! {
-                read = tokio::time::timeout(self.idle_timeout, reader.read_buf(&mut buf)), if can_read => {
+                read = tokio::time::timeout(wait, reader.read_buf(&mut buf)), if can_read => {
                     match read {
                         Ok(Ok(0)) => eof = true,
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => break 'conn Some(format!("read error: {e}")),
+                        Err(_) if draining.is_some() => break 'conn None,
                         Err(_) => break 'conn Some(format!("idle for {:?}", self.idle_timeout)),
                     }
                 }
@@ -186,7 +207,9 @@ impl Connection {
                         break 'conn Some(reason);
                     }
                 }
-                _ = stopped(&mut stop) => break 'conn None,
+                _ = stopped(&mut stop), if draining.is_none() => {
+                    draining = Some(Instant::now() + DRAIN_MAX);
+                }
             }
         };
         // Acks of frames accepted before the end are still owed.

@@ -1,0 +1,158 @@
+"""Configuration: invalid files fail fast and precisely; ${VAR} expansion; no secret leaks."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from rinlib import T0, RinShip, assert_same_records, line, port_open, rin_ship_bin
+
+pytestmark = pytest.mark.timeout(60)
+
+SECRET = "s3cr3t-VALUE-9f8e7d6c5b4a"
+
+
+def run_expect_failure(r: RinShip, timeout: float = 15.0):
+    r.write_config()
+    p = subprocess.Popen([str(rin_ship_bin()), "serve", "--config", str(r.config_path)],
+                         cwd=r.dir, env=r.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"rin-ship kept running with an invalid config; stderr:\n{err.decode()}")
+    text = err.decode(errors="replace") + out.decode(errors="replace")
+    assert p.returncode != 0, f"exit status 0 with an invalid config; output:\n{text}"
+    assert not port_open(r.forward_port), "forward port open after a config error"
+    return text
+
+
+INVALID = {
+    # name: (config overrides, strings that must all appear in stderr)
+    "unknown_top_field": ({"colour": "blue"}, ["colour"]),
+    "unknown_nested_field": ({"buffer": {"seal_bytez": "1MiB"}}, ["buffer", "seal_bytez"]),
+    "bad_size": ({"buffer": {"seal_bytes": "12 potatoes"}}, ["buffer.seal_bytes"]),
+    "bad_duration": ({"buffer": {"seal_age": "soon"}}, ["buffer.seal_age"]),
+    "bad_bind": ({"forward": {"bind": "not-an-address"}}, ["forward.bind"]),
+    "unknown_store": ({"targets": [{"name": "t", "match": ["**"], "store": "nope"}]},
+                      ["targets[0].store", "nope"]),
+    "unknown_store_second_target": (
+        {"targets": [{"name": "t", "match": ["a.**"], "store": "local"},
+                     {"name": "u", "match": ["**"], "store": "missing"}]},
+        ["targets[1].store"]),
+    "unknown_fallback": ({"fallback": "ghost"}, ["fallback", "ghost"]),
+    "bad_time_format": ({"targets": [{"name": "t", "match": ["**"], "time_format": "iso-ish"}]},
+                        ["targets[0].time_format"]),
+    "store_bad_type": ({"stores": {"weird": {"type": "ftp"}}}, ["stores.weird"]),
+    "wrong_type_number": ({"ship": {"concurrency": "many"}}, ["ship.concurrency"]),
+    "missing_env_var": (
+        {"stores": {"s3": {"type": "s3", "bucket": "b", "region": "us-east-1",
+                           "endpoint": "http://127.0.0.1:9", "force_path_style": True,
+                           "access_key_id": "x",
+                           "secret_access_key": "${RIN_TEST_DEFINITELY_MISSING}"}}},
+        ["stores.s3.secret_access_key", "RIN_TEST_DEFINITELY_MISSING"]),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_config_fails_naming_file_and_field(rin, case):
+    cfg, needles = INVALID[case]
+    r = rin(cfg, start=False)
+    text = run_expect_failure(r)
+    assert str(r.config_path) in text or r.config_path.name in text, (
+        f"stderr does not name the config file {r.config_path}:\n{text}")
+    for n in needles:
+        assert n in text, f"stderr does not mention {n!r}:\n{text}"
+
+
+def test_yaml_syntax_error(rin):
+    r = rin(start=False)
+    r.write_config()
+    r.config_path.write_text("forward:\n  bind: [unclosed\n")
+    p = subprocess.run([str(rin_ship_bin()), "serve", "--config", str(r.config_path)],
+                       capture_output=True, text=True, timeout=15)
+    assert p.returncode != 0
+    assert str(r.config_path) in p.stderr or r.config_path.name in p.stderr, p.stderr
+
+
+def test_missing_config_file(rin, tmp_path):
+    missing = tmp_path / "does-not-exist.yaml"
+    p = subprocess.run([str(rin_ship_bin()), "serve", "--config", str(missing)],
+                       capture_output=True, text=True, timeout=15)
+    assert p.returncode != 0
+    assert "does-not-exist.yaml" in p.stderr, p.stderr
+
+
+def test_secret_not_in_stderr_on_config_error(rin):
+    cfg = {
+        "stores": {"s3": {"type": "s3", "bucket": "b", "region": "us-east-1",
+                          "endpoint": "http://127.0.0.1:9", "force_path_style": True,
+                          "access_key_id": "${RIN_TEST_KEY_ID}",
+                          "secret_access_key": "${RIN_TEST_SECRET}"}},
+        "targets": [{"name": "t", "match": ["**"], "store": "s3", "bogus": 1}],
+    }
+    r = rin(cfg, start=False, env={"RIN_TEST_SECRET": SECRET, "RIN_TEST_KEY_ID": "AKIDEXAMPLE"})
+    text = run_expect_failure(r)
+    assert "bogus" in text, text
+    assert SECRET not in text, f"secret leaked in stderr:\n{text}"
+
+
+def test_env_expansion_and_no_secret_in_logs(rin):
+    env = {"RIN_TEST_NODE": "node-from-env", "RIN_TEST_SECRET": SECRET,
+           "RIN_TEST_PREFIX": "pfx", "RUST_LOG": "debug"}
+    cfg = {
+        "node": "${RIN_TEST_NODE}",
+        "stores": {"s3": {"type": "s3", "bucket": "b", "region": "us-east-1",
+                          "endpoint": "http://127.0.0.1:9", "force_path_style": True,
+                          "access_key_id": "x", "secret_access_key": "${RIN_TEST_SECRET}"}},
+        "targets": [{"name": "default", "match": ["**"], "store": "local",
+                     "key": "${RIN_TEST_PREFIX}/{tag}/{node}-{seq}.json.gz"}],
+    }
+    r = rin(cfg, env=env)
+    with r.connect() as c:
+        c.send(["env.t", T0, {"a": 1}, {"chunk": "e1"}])
+        c.expect_ack("e1")
+    r.terminate()
+    keys = list(r.objects())
+    assert len(keys) == 1 and keys[0].startswith("pfx/env.t/node-from-env-"), keys
+    assert_same_records(r.records(), [line({"a": 1})])
+    err = r.stderr_text()
+    assert SECRET not in err, "secret_access_key value appears in the logs"
+    assert "${" not in keys[0]
+
+
+def test_sizes_and_durations_units(rin):
+    """All documented unit spellings are accepted."""
+    cfg = {"forward": {"max_frame_bytes": "1MB", "max_decompressed_bytes": 4194304,
+                       "idle_timeout": "5m"},
+           "buffer": {"seal_bytes": "64KiB", "seal_age": "500ms", "quota": "1GiB",
+                      "dedupe_window": "2s"},
+           "ship": {"shutdown_timeout": "5s", "max_backoff": "500ms"}}
+    r = rin(cfg)
+    with r.connect() as c:
+        c.send(["u.t", T0, {"a": 1}, {"chunk": "u"}])
+        c.expect_ack("u")
+    # seal_age 500ms: the object appears without shutdown
+    r.wait_records(1, timeout=10)
+    r.terminate()
+
+
+def test_defaults_only_empty_config(rin, tmp_path):
+    """An empty config file runs (forward port and data_dir are the defaults, so run it in a
+    scratch cwd and only check it starts and stops cleanly if 24224 is free)."""
+    if port_open(24224) or port_open(2021):
+        pytest.fail("ports 24224/2021 busy on this machine; cannot check the defaults")
+    r = rin({}, start=False, defaults=False)
+    r.forward_port = 24224
+    r.start()
+    with r.connect() as c:
+        c.send(["d.t", T0, {"a": 1}, {"chunk": "d"}])
+        c.expect_ack("d")
+    r.terminate()
+    objs = list((r.dir / "rin-data" / "objects").rglob("*.json.gz"))
+    assert len(objs) == 1, f"expected one object under ./rin-data/objects, got {objs}"
+    time.sleep(0.1)
