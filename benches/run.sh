@@ -210,7 +210,7 @@ OBJ_DIR=$DATA_DIR/objects
 [[ -d $OBJ_DIR ]] || die "no objects folder $OBJ_DIR"
 OBJECTS=$(find "$OBJ_DIR" -type f | wc -l)
 OBJ_BYTES=$(find "$OBJ_DIR" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
-BUFFER_LEFT=$( (find "$DATA_DIR/buffer" -mindepth 2 -type f 2>/dev/null || true) | wc -l)
+BUFFER_LEFT=$( (find "$DATA_DIR/buffer" -mindepth 2 -type f \( -name "*.json.gz" -o -name "*.journal" \) 2>/dev/null || true) | wc -l)  # .shipped journals are kept on purpose (resend dedupe)
 NDJSON=$RUN/all.ndjson
 find "$OBJ_DIR" -type f -print0 | sort -z | xargs -0 -r gzip -dc >"$NDJSON"
 NDJSON_BYTES=$(stat -c %s "$NDJSON")

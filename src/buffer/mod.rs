@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -53,7 +53,7 @@ enum ShardMsg {
 
 /// Uncompressed bytes that may wait in writer queues at once (in KiB permits): bounds memory
 /// whatever the frame sizes, and makes intake wait when compression falls behind.
-const INFLIGHT_KIB: usize = 64 << 10;
+const INFLIGHT_KIB: usize = 32 << 10;
 /// Batches a writer's queue holds; enough that a quiet tag keeps to its home writer.
 const QUEUE_DEPTH: usize = 64;
 
@@ -140,34 +140,32 @@ impl Buffer {
     pub async fn submit(&self, target: usize, batch: Batch) -> Result<Durable, String> {
         let shards = &self.lanes[target].shards;
         let (done, durable) = oneshot::channel();
-        let kib = (batch.lines.len() / 1024 + 1).min(INFLIGHT_KIB) as u32;
+        let kib = (batch.lines.capacity() / 1024 + 1).min(INFLIGHT_KIB) as u32;
         let permit = self
             .inflight
             .clone()
             .acquire_many_owned(kib)
             .await
             .map_err(|_| "buffer is shutting down".to_string())?;
-        // The partition's home writer first, so a quiet tag keeps to one chunk; a busy one
-        // spills onto the other writers and cores.
+        // A quiet partition keeps to its home writer, so it fills one chunk at a time; once
+        // the home writer has work queued, the batch goes to the least busy writer instead, so
+        // a hot tag spreads over every writer and core.
         let home = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             batch.partition.hash(&mut h);
             h.finish() as usize % shards.len()
         };
-        let mut msg = ShardMsg::Append(batch, done, permit);
-        for i in 0..shards.len() {
-            match shards[(home + i) % shards.len()].try_send(msg) {
-                Ok(()) => return Ok(durable),
-                Err(mpsc::error::TrySendError::Full(m)) => msg = m,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    return Err("buffer is shutting down".into());
-                }
-            }
-        }
-        static SPREAD: AtomicUsize = AtomicUsize::new(0);
-        let pick = (home + SPREAD.fetch_add(1, Ordering::Relaxed)) % shards.len();
+        let queued = |i: usize| shards[i].max_capacity() - shards[i].capacity();
+        let pick = if queued(home) == 0 {
+            home
+        } else {
+            (0..shards.len())
+                .map(|k| (home + k) % shards.len())
+                .min_by_key(|&i| queued(i))
+                .unwrap_or(home)
+        };
         shards[pick]
-            .send(msg)
+            .send(ShardMsg::Append(batch, done, permit))
             .await
             .map_err(|_| "buffer is shutting down".to_string())?;
         Ok(durable)

@@ -138,7 +138,8 @@ impl Ingest {
             },
         };
         let target = &self.targets[route.target];
-        let mut lines = Vec::with_capacity(bytes.len() * 2);
+        // JSON runs a little larger than msgpack; the vector grows if it must.
+        let mut lines = Vec::with_capacity(bytes.len() + bytes.len() / 4 + 256);
         let mut times = target.format.renderer();
         let result = frame
             .transcode(
