@@ -557,7 +557,7 @@ mod tests {
                 .to_vec(),
             vec![b'a'; 7],
             [&b"12345678"[..], &[0xff, 0xfe], b"abcdefgh\"", &[0xc3]].concat(),
-            [&"ééééé".as_bytes()[..], &[0x80], b"tail\\"].concat(),
+            ["ééééé".as_bytes(), &[0x80], b"tail\\"].concat(),
         ];
         for case in cases {
             for prefix in 0..9 {

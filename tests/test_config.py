@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import time
 
 import pytest
@@ -156,3 +157,13 @@ def test_defaults_only_empty_config(rin, tmp_path):
     objs = list((r.dir / "rin-data" / "objects").rglob("*.json.gz"))
     assert len(objs) == 1, f"expected one object under ./rin-data/objects, got {objs}"
     time.sleep(0.1)
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parent.parent / "examples").glob("*.yaml")))
+def test_example_configs_are_valid(example):
+    """Every rin-ship config shipped in examples/ passes `rin-ship check-config`."""
+    path = Path(__file__).parent.parent / "examples" / example
+    done = subprocess.run([str(rin_ship_bin()), "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, f"{example}: {done.stderr}"
+    assert "config ok" in done.stdout
