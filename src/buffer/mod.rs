@@ -312,7 +312,7 @@ struct ShardWriter {
 }
 
 /// Stop grouping once this many uncompressed bytes wait for one commit.
-const GROUP_BYTES: usize = 8 << 20;
+const GROUP_BYTES: usize = 1 << 20;
 
 impl ShardWriter {
     fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
