@@ -20,6 +20,8 @@ pub struct Config {
     /// Root of everything rin-ship keeps on disk.
     pub data_dir: PathBuf,
     pub forward: ForwardConfig,
+    /// The HTTP intake (fluentd in_http style, fluent-bit out_http, Vector http sink).
+    pub http: crate::intake::http::HttpConfig,
     pub buffer: BufferConfig,
     pub ship: ShipConfig,
     /// Named object stores. A store named `local` (a folder under data_dir) always exists.
@@ -44,6 +46,56 @@ pub struct ForwardConfig {
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Span,
+    /// Time a client has to finish the TLS and shared-key handshakes.
+    pub handshake_timeout: Span,
+    /// Most events one frame may carry.
+    pub max_entries: usize,
+    /// Answer fluentd's UDP heartbeat (a `0x00` datagram) on the same port.
+    pub udp_heartbeat: bool,
+    /// Shared-key handshake (fluentd's `<security>`); absent: no handshake.
+    pub security: Option<SecurityConfig>,
+    /// TLS on the forward port (certificate reloaded on SIGHUP); absent: plain TCP.
+    pub tls: Option<crate::tls::TlsConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Hostname sent in PONG; it must differ from the client's own (fluentd checks).
+    /// Empty: this machine's hostname.
+    #[serde(default)]
+    pub self_hostname: String,
+    pub shared_key: Secret,
+    /// Require a username and password from `users` as well.
+    #[serde(default)]
+    pub user_auth: bool,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// A secret from the config: usable by the code, shown as `***` by `Debug`, so it cannot
+/// reach a log line by accident.
+#[derive(Deserialize, Clone, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -114,9 +166,9 @@ pub struct S3Config {
     #[serde(default)]
     pub access_key_id: Option<String>,
     #[serde(default)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     #[serde(default)]
-    pub session_token: Option<String>,
+    pub session_token: Option<Secret>,
     /// Objects at least this large go up as multipart uploads.
     #[serde(default = "default_multipart_threshold")]
     pub multipart_threshold: ByteSize,
@@ -174,6 +226,7 @@ impl Default for Config {
             node: String::new(),
             data_dir: PathBuf::from("./rin-data"),
             forward: ForwardConfig::default(),
+            http: Default::default(),
             buffer: BufferConfig::default(),
             ship: ShipConfig::default(),
             stores: BTreeMap::new(),
@@ -193,6 +246,11 @@ impl Default for ForwardConfig {
             max_decompressed_bytes: ByteSize(256 << 20),
             max_connections: 1024,
             idle_timeout: Span(Duration::from_secs(600)),
+            handshake_timeout: Span(Duration::from_secs(10)),
+            max_entries: 1_000_000,
+            udp_heartbeat: true,
+            security: None,
+            tls: None,
         }
     }
 }
@@ -343,6 +401,18 @@ impl Config {
         if !self.fallback.is_empty() && !names.contains(self.fallback.as_str()) {
             bail!("field `fallback`: no target named `{}`", self.fallback);
         }
+        if let Some(sec) = &self.forward.security {
+            if sec.shared_key.expose().is_empty() {
+                bail!("field `forward.security.shared_key`: must not be empty");
+            }
+            if sec.user_auth && sec.users.is_empty() {
+                bail!("field `forward.security.users`: user_auth needs at least one user");
+            }
+        }
+        if self.forward.max_entries == 0 {
+            bail!("field `forward.max_entries`: at least 1");
+        }
+        self.http.validate()?;
         if !(1..=9).contains(&self.buffer.compression_level) {
             bail!("field `buffer.compression_level`: must be 1..=9");
         }

@@ -11,11 +11,14 @@
 mod buffer;
 mod config;
 mod intake;
+#[cfg(all(feature = "s3", feature = "sqs"))]
+mod load;
 mod msgpack;
 mod pipeline;
 mod route;
 mod ship;
 mod telemetry;
+mod tls;
 mod transcode;
 mod units;
 
@@ -47,6 +50,24 @@ enum Command {
         #[arg(long, short, env = "RIN_SHIP_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The COPY stage: load the objects named by S3 events on SQS into Redshift or PostgreSQL,
+    /// exactly once. Takes a Rin config file (plus rin-ship's `rin_ship:` keys).
+    #[cfg(all(feature = "s3", feature = "sqs"))]
+    Import {
+        /// Rin YAML config file.
+        #[arg(long, short, env = "RIN_CONFIG")]
+        config: PathBuf,
+        /// Exit once the queue is empty (after a long poll that found nothing).
+        #[arg(long, env = "RIN_BATCH")]
+        batch: bool,
+        /// Stop receiving after this long (e.g. 10m), finish the loads in flight, exit.
+        #[arg(long, env = "RIN_MAX_EXECUTION_TIME", value_parser = units::parse_duration)]
+        max_execution_time: Option<std::time::Duration>,
+        /// Print the target and the exact SQL (secrets masked) for these keys
+        /// (`s3://bucket/key`, or a key in the first target's bucket), then exit.
+        #[arg(long, num_args = 1.., value_name = "KEY")]
+        dry_run: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +93,18 @@ fn main() -> ExitCode {
                     t.name, t.patterns, t.store, t.key
                 );
             }
+        }),
+        #[cfg(all(feature = "s3", feature = "sqs"))]
+        Command::Import {
+            config,
+            batch,
+            max_execution_time,
+            dry_run,
+        } => load::main(load::ImportArgs {
+            config,
+            batch,
+            max_execution_time,
+            dry_run,
         }),
     };
     match result {

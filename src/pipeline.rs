@@ -84,10 +84,22 @@ pub async fn serve(config: Config) -> Result<()> {
         buffer.clone(),
         router,
         formats,
-        config.forward.max_decompressed_bytes.0 as usize,
+        crate::intake::forward::frame::Limits {
+            max_decompressed: config.forward.max_decompressed_bytes.0 as usize,
+            max_entries: config.forward.max_entries,
+        },
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Bound before forward, so a client that sees the forward port open finds HTTP open too.
+    let http = if config.http.enabled {
+        let server =
+            crate::intake::http::HttpServer::bind(&config.http, ingest.clone(), stop_rx.clone())
+                .await?;
+        Some(tokio::spawn(server.run()))
+    } else {
+        None
+    };
     let forward = if config.forward.enabled {
         let server = ForwardServer::bind(&config.forward, ingest.clone()).await?;
         Some(tokio::spawn(server.run(stop_rx.clone())))
@@ -101,6 +113,9 @@ pub async fn serve(config: Config) -> Result<()> {
     let _ = stop_tx.send(true);
     if let Some(forward) = forward {
         let _ = forward.await;
+    }
+    if let Some(http) = http {
+        let _ = http.await;
     }
     ticker.abort();
     buffer.close().await;

@@ -116,13 +116,40 @@ impl LineFormat {
         }
     }
 
-    fn is_reserved(&self, key: &[u8]) -> bool {
+    /// Whether a record key is replaced by the time or tag field (and so left out).
+    pub fn is_reserved(&self, key: &[u8]) -> bool {
         self.time_prefix.as_ref().is_some_and(|(_, k)| k == key)
             || self.tag_prefix.as_ref().is_some_and(|(_, k)| k == key)
     }
 
     pub fn renderer(&self) -> TimeRenderer {
         TimeRenderer::new(self.format, self.precision)
+    }
+
+    /// Writes the time and tag fields that open a line (after its `{`); returns whether it
+    /// wrote any. For intakes that write the record's fields themselves (HTTP JSON).
+    pub fn write_prefix(
+        &self,
+        out: &mut Vec<u8>,
+        times: &mut TimeRenderer,
+        tag_json: &[u8],
+        time: EventTime,
+    ) -> Result<bool> {
+        let mut first = true;
+        if let Some((prefix, _)) = &self.time_prefix {
+            out.extend_from_slice(prefix);
+            times.write(out, time)?;
+            first = false;
+        }
+        if let Some((prefix, _)) = &self.tag_prefix {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(tag_json);
+            first = false;
+        }
+        Ok(!first)
     }
 
     /// Appends one line for `record` (the reader is positioned on it and is advanced past it).
@@ -143,20 +170,7 @@ impl LineFormat {
             ));
         };
         out.push(b'{');
-        let mut first = true;
-        if let Some((prefix, _)) = &self.time_prefix {
-            out.extend_from_slice(prefix);
-            times.write(out, time)?;
-            first = false;
-        }
-        if let Some((prefix, _)) = &self.tag_prefix {
-            if !first {
-                out.push(b',');
-            }
-            out.extend_from_slice(prefix);
-            out.extend_from_slice(tag_json);
-            first = false;
-        }
+        let mut first = !self.write_prefix(out, times, tag_json, time)?;
         for _ in 0..len {
             let key_start = out.len();
             if !first {

@@ -10,6 +10,17 @@ const opts = {
   flushInterval: 20,
 };
 if (ack === "1") opts.ack = { ackTimeout: 10000 };
+// Optional, from the environment: shared-key handshake and TLS.
+if (process.env.NODE_SHARED_KEY) {
+  opts.security = { clientHostname: "node-client", sharedKey: process.env.NODE_SHARED_KEY };
+  if (process.env.NODE_USERNAME) {
+    opts.security.username = process.env.NODE_USERNAME;
+    opts.security.password = process.env.NODE_PASSWORD;
+  }
+}
+if (process.env.NODE_TLS_CA) {
+  opts.socket.tls = { ca: require("fs").readFileSync(process.env.NODE_TLS_CA), servername: "localhost" };
+}
 const client = new FluentClient("node", opts);
 const errors = [];
 let ok = 0;

@@ -331,10 +331,12 @@ class RinShip:
         self.data_dir = self.dir / "data"
         self.forward_port = free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
         base = {
             "node": "test-node",
             "data_dir": str(self.data_dir),
             "forward": {"bind": f"127.0.0.1:{self.forward_port}"},
+            "http": {"bind": f"127.0.0.1:{self.http_port}"},
             "buffer": {"seal_age": "1s"},
             "ship": {"shutdown_timeout": "5s", "max_backoff": "1s"},
             "metrics": {"enabled": True, "bind": f"127.0.0.1:{self.metrics_port}"},

@@ -244,6 +244,7 @@ fn recover_dir(
                 }
                 if let Some(sealed) = r.chunk {
                     usage.add(sealed.disk_bytes());
+                    metrics::gauge!("rin_buffer_chunks", "state" => "sealed").increment(1.0);
                     ship(sealed);
                 }
             }
@@ -420,6 +421,7 @@ impl ShardWriter {
             let chunk = OpenChunk::create(&self.dir, seq, &key, self.level, self.fsync)
                 .map_err(|e| (format!("cannot create chunk {seq}: {e}"), None))?;
             self.open.insert(key.clone(), (chunk, 0));
+            metrics::gauge!("rin_buffer_chunks", "state" => "open").increment(1.0);
         }
         let (chunk, _) = self.open.get_mut(&key).unwrap();
         let seq = chunk.seq;
@@ -446,11 +448,13 @@ impl ShardWriter {
             return;
         };
         let seq = chunk.seq;
+        metrics::gauge!("rin_buffer_chunks", "state" => "open").decrement(1.0);
         match chunk.seal() {
             Ok(Some(sealed)) => {
                 self.usage.add(sealed.disk_bytes());
                 self.usage.sub(accounted);
                 metrics::counter!("rin_chunks_sealed_total").increment(1);
+                metrics::gauge!("rin_buffer_chunks", "state" => "sealed").increment(1.0);
                 let _ = self.sealed.send((self.target, sealed));
             }
             Ok(None) => self.usage.sub(accounted),
@@ -471,11 +475,13 @@ impl ShardWriter {
         };
         let seq = chunk.seq;
         drop(chunk);
+        metrics::gauge!("rin_buffer_chunks", "state" => "open").decrement(1.0);
         match chunk::recover(&self.dir, seq) {
             Ok(r) => {
                 self.usage.sub(accounted);
                 if let Some(sealed) = r.chunk {
                     self.usage.add(sealed.disk_bytes());
+                    metrics::gauge!("rin_buffer_chunks", "state" => "sealed").increment(1.0);
                     let _ = self.sealed.send((self.target, sealed));
                 }
             }

@@ -3,6 +3,7 @@
 //! never tell a client "stored" (ack, 2xx) before the buffer made the events durable.
 
 pub mod forward;
+pub mod http;
 
 use crate::buffer::{Batch, Buffer, Claim};
 use crate::route::Router;
@@ -31,15 +32,16 @@ pub struct Ingest {
     pub buffer: Arc<Buffer>,
     router: Router,
     targets: Vec<TargetFormat>,
-    max_decompressed: usize,
+    limits: frame::Limits,
     /// tag -> (target, partition, tag as a JSON string); tags repeat, routing them once pays.
     routes: Mutex<HashMap<String, Option<Arc<Route>>>>,
 }
 
-struct Route {
-    target: usize,
-    partition: Arc<str>,
-    tag_json: Vec<u8>,
+/// Where a tag's events go: the target, the chunk partition and the tag as a JSON string.
+pub struct Route {
+    pub target: usize,
+    pub partition: Arc<str>,
+    pub tag_json: Vec<u8>,
 }
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
@@ -49,13 +51,13 @@ impl Ingest {
         buffer: Arc<Buffer>,
         router: Router,
         targets: Vec<TargetFormat>,
-        max_decompressed: usize,
+        limits: frame::Limits,
     ) -> Ingest {
         Ingest {
             buffer,
             router,
             targets,
-            max_decompressed,
+            limits,
             routes: Mutex::new(HashMap::new()),
         }
     }
@@ -68,7 +70,32 @@ impl Ingest {
         self.buffer.usage.wait_for_room().await
     }
 
-    fn route(&self, tag: &str) -> Option<Arc<Route>> {
+    /// The target at `index` (from a [`Route`]).
+    pub fn target(&self, index: usize) -> &TargetFormat {
+        &self.targets[index]
+    }
+
+    /// Stores lines already transcoded by an intake other than forward (HTTP): one batch,
+    /// stored whole or not at all. The receiver resolves `Ok` once they are durable.
+    pub async fn submit_lines(
+        &self,
+        route: &Route,
+        lines: Vec<u8>,
+        events: u64,
+        first_time: crate::msgpack::EventTime,
+    ) -> Result<crate::buffer::Durable, String> {
+        let batch = Batch {
+            partition: route.partition.clone(),
+            lines,
+            events,
+            first_time,
+            chunk_id: None,
+        };
+        self.buffer.submit(route.target, batch).await
+    }
+
+    /// Routes a tag (cached); `None`: no target and no fallback.
+    pub fn route(&self, tag: &str) -> Option<Arc<Route>> {
         let mut routes = self.routes.lock().unwrap();
         if let Some(r) = routes.get(tag) {
             return r.clone();
@@ -146,12 +173,14 @@ impl Ingest {
                 &target.format,
                 &mut times,
                 &route.tag_json,
-                self.max_decompressed,
+                &self.limits,
                 &mut lines,
             )
             .map_err(IngestError::Refused)?;
         metrics::counter!("rin_events_in_total", "intake" => "forward", "target" => target.name.clone())
             .increment(result.events);
+        metrics::counter!("rin_bytes_in_total", "intake" => "forward", "target" => target.name.clone())
+            .increment(bytes.len() as u64);
         let Some(first_time) = result.first_time else {
             // Nothing to store (only group markers): the ack is true at once.
             if let Some(g) = guard {
@@ -179,7 +208,7 @@ impl Ingest {
             match durable.await {
                 Ok(Ok(())) => {
                     guard.finish(true);
-                    metrics::histogram!("rin_ack_latency_seconds")
+                    metrics::histogram!("rin_ack_latency_seconds", "intake" => "forward")
                         .record(started.elapsed().as_secs_f64());
                     Ok(id)
                 }

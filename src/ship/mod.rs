@@ -147,7 +147,11 @@ impl Shipper {
                     debug!(%key, events = chunk.events, ndjson_bytes = chunk.bytes, object_bytes = chunk.size, "uploaded");
                     let disk = chunk.disk_bytes();
                     match retire(&chunk) {
-                        Ok(()) => self.usage.sub(disk),
+                        Ok(()) => {
+                            self.usage.sub(disk);
+                            metrics::gauge!("rin_buffer_chunks", "state" => "sealed")
+                                .decrement(1.0);
+                        }
                         Err(e) => {
                             warn!(%key, "uploaded, but cannot delete the chunk file (it will be uploaded again, to the same key): {e}")
                         }

@@ -32,8 +32,8 @@ impl S3Store {
         if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 id.clone(),
-                secret.clone(),
-                cfg.session_token.clone(),
+                secret.expose().to_string(),
+                cfg.session_token.as_ref().map(|t| t.expose().to_string()),
                 None,
                 "rin-ship-config",
             ));

@@ -75,6 +75,15 @@ pub struct Frame<'a> {
     entries: Entries<'a>,
 }
 
+/// Per-frame limits, so one frame cannot take unbounded memory or time.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest decompressed payload of a CompressedPackedForward frame (bomb guard).
+    pub max_decompressed: usize,
+    /// Most entries one frame may carry.
+    pub max_entries: usize,
+}
+
 /// What transcoding a frame produced.
 pub struct Lines {
     pub events: u64,
@@ -227,15 +236,23 @@ impl Frame<'_> {
         format: &LineFormat,
         times: &mut TimeRenderer,
         tag_json: &[u8],
-        max_decompressed: usize,
+        limits: &Limits,
         out: &mut Vec<u8>,
     ) -> Result<Lines> {
         let mut lines = Lines {
             events: 0,
             first_time: None,
         };
+        let mut entries = 0usize;
         let mut emit =
             |time: Option<EventTime>, record: &mut Reader, out: &mut Vec<u8>| -> Result<()> {
+                entries += 1;
+                if entries > limits.max_entries {
+                    return Err(FrameError::new(
+                        "too_many_entries",
+                        format!("more than {} entries in one frame", limits.max_entries),
+                    ));
+                }
                 match time {
                     Some(time) => {
                         format.write_line(out, times, tag_json, time, record)?;
@@ -257,7 +274,7 @@ impl Frame<'_> {
                 }
             }
             Entries::Packed { blob } => {
-                let data = self.decompress(blob, max_decompressed)?;
+                let data = self.decompress(blob, limits.max_decompressed)?;
                 let mut r = Reader::new(&data);
                 let mut i = 0;
                 while !r.is_empty() {
@@ -286,10 +303,21 @@ impl Frame<'_> {
                 }
                 Ok(Cow::Owned(out))
             }
-            Compression::Zstd => Err(FrameError::new(
-                "unsupported",
-                "zstd-compressed frames are not supported yet; configure gzip or no compression",
-            )),
+            Compression::Zstd => {
+                let mut out = Vec::with_capacity(blob.len().saturating_mul(4).min(max));
+                zstd::stream::read::Decoder::with_buffer(blob)
+                    .map_err(|e| FrameError::new("decompress", format!("zstd payload: {e}")))?
+                    .take(max as u64 + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| FrameError::new("decompress", format!("zstd payload: {e}")))?;
+                if out.len() > max {
+                    return Err(FrameError::new(
+                        "too_large",
+                        format!("zstd payload decompresses to more than {max} bytes"),
+                    ));
+                }
+                Ok(Cow::Owned(out))
+            }
         }
     }
 }
@@ -358,6 +386,11 @@ mod tests {
         out
     }
 
+    const TEST_LIMITS: Limits = Limits {
+        max_decompressed: 1 << 20,
+        max_entries: 1000,
+    };
+
     fn rec(i: i64) -> Value {
         Value::Map(vec![(Value::from("i"), Value::from(i))])
     }
@@ -367,7 +400,7 @@ mod tests {
         let fmt = LineFormat::new("", TimeFormat::Rfc3339, 0, "");
         let mut out = Vec::new();
         let lines = f
-            .transcode(&fmt, &mut fmt.renderer(), b"\"t\"", 1 << 20, &mut out)
+            .transcode(&fmt, &mut fmt.renderer(), b"\"t\"", &TEST_LIMITS, &mut out)
             .unwrap();
         (String::from_utf8(out).unwrap(), lines)
     }
@@ -452,7 +485,7 @@ mod tests {
                         &fmt,
                         &mut fmt.renderer(),
                         b"\"t\"",
-                        1 << 20,
+                        &TEST_LIMITS,
                         &mut Vec::new(),
                     )
                     .map(|_| ())
@@ -479,7 +512,7 @@ mod tests {
                 &fmt,
                 &mut fmt.renderer(),
                 b"\"t\"",
-                1 << 20,
+                &TEST_LIMITS,
                 &mut Vec::new(),
             )
             .err()

@@ -4,17 +4,22 @@
 //! frame must cost only its own connection.
 
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
+pub mod handshake;
 
 use crate::intake::{Ingest, IngestError};
 use crate::msgpack::FrameScanner;
+use crate::tls::ReloadableAcceptor;
 use frame::FrameError;
 use futures::stream::{FuturesOrdered, StreamExt};
+use handshake::Security;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
@@ -32,10 +37,19 @@ type PendingAck = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
 
 pub struct ForwardServer {
     listener: TcpListener,
-    ingest: Arc<Ingest>,
-    max_frame: usize,
-    idle_timeout: std::time::Duration,
+    udp: Option<UdpSocket>,
+    tls: Option<ReloadableAcceptor>,
+    shared: Arc<Shared>,
     connections: Arc<Semaphore>,
+}
+
+/// What every connection of the server uses.
+struct Shared {
+    ingest: Arc<Ingest>,
+    security: Option<Security>,
+    max_frame: usize,
+    idle_timeout: Duration,
+    handshake_timeout: Duration,
 }
 
 impl ForwardServer {
@@ -46,12 +60,54 @@ impl ForwardServer {
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for forward on {}: {e}", config.bind))?;
-        info!(addr = %listener.local_addr()?, "forward intake listening");
+        let addr = listener.local_addr()?;
+        let udp = if config.udp_heartbeat {
+            Some(UdpSocket::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen for UDP heartbeats on {addr}: {e} (set forward.udp_heartbeat: false)")
+            })?)
+        } else {
+            None
+        };
+        let tls = match &config.tls {
+            Some(t) => {
+                let acceptor = ReloadableAcceptor::new(t)?;
+                acceptor.reload_on_sighup()?;
+                Some(acceptor)
+            }
+            None => None,
+        };
+        let security = config.security.as_ref().map(|sec| {
+            let hostname = if sec.self_hostname.is_empty() {
+                gethostname::gethostname().to_string_lossy().to_string()
+            } else {
+                sec.self_hostname.clone()
+            };
+            let users = sec
+                .users
+                .iter()
+                .map(|u| (u.username.clone(), u.password.expose().to_string()))
+                .collect();
+            let users = if sec.user_auth { users } else { Vec::new() };
+            Security::new(hostname, sec.shared_key.expose(), users)
+        });
+        info!(
+            %addr,
+            tls = tls.is_some(),
+            shared_key = security.is_some(),
+            udp_heartbeat = udp.is_some(),
+            "forward intake listening"
+        );
         Ok(ForwardServer {
             listener,
-            ingest,
-            max_frame: config.max_frame_bytes.0 as usize,
-            idle_timeout: config.idle_timeout.0,
+            udp,
+            tls,
+            shared: Arc::new(Shared {
+                ingest,
+                security,
+                max_frame: config.max_frame_bytes.0 as usize,
+                idle_timeout: config.idle_timeout.0,
+                handshake_timeout: config.handshake_timeout.0,
+            }),
             connections: Arc::new(Semaphore::new(config.max_connections)),
         })
     }
@@ -59,12 +115,12 @@ impl ForwardServer {
     /// Accepts connections until `stop` turns true, then waits for open connections to flush
     /// their acks and close.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        if let Some(udp) = self.udp {
+            tokio::spawn(answer_heartbeats(udp, stop.clone()));
+        }
         let mut tasks = tokio::task::JoinSet::new();
+        let mut last_refusal_log: Option<Instant> = None;
         loop {
-            let permit = tokio::select! {
-                p = self.connections.clone().acquire_owned() => p.expect("semaphore closed"),
-                _ = stopped(&mut stop) => break,
-            };
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
                 _ = stopped(&mut stop) => break,
@@ -73,21 +129,53 @@ impl ForwardServer {
                 Ok(a) => a,
                 Err(e) => {
                     warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                // Over the limit: this connection only is closed; the client retries later.
+                metrics::counter!("rin_forward_connections_refused_total", "reason" => "max_connections")
+                    .increment(1);
+                if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warn!(%peer, "forward.max_connections reached: refusing new connections");
+                    last_refusal_log = Some(Instant::now());
+                }
+                drop(stream);
+                continue;
             };
             let _ = stream.set_nodelay(true);
             metrics::counter!("rin_forward_connections_total").increment(1);
             let conn = Connection {
-                ingest: self.ingest.clone(),
-                max_frame: self.max_frame,
-                idle_timeout: self.idle_timeout,
+                shared: self.shared.clone(),
                 peer: peer.to_string(),
             };
             let stop = stop.clone();
+            let tls = self.tls.as_ref().map(|t| t.acceptor());
             tasks.spawn(async move {
-                conn.serve(stream, stop).await;
+                match tls {
+                    None => conn.serve(stream, stop).await,
+                    Some(acceptor) => {
+                        let timeout = conn.shared.handshake_timeout;
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => conn.serve(tls_stream, stop).await,
+                            // A connect-and-close (a port probe) is not worth a warning.
+                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                debug!(peer = %conn.peer, "closed before the TLS handshake: {e}");
+                            }
+                            Ok(Err(e)) => {
+                                metrics::counter!("rin_forward_handshake_failures_total", "reason" => "tls")
+                                    .increment(1);
+                                warn!(peer = %conn.peer, "TLS handshake failed: {e}");
+                            }
+                            Err(_) => {
+                                metrics::counter!("rin_forward_handshake_failures_total", "reason" => "timeout")
+                                    .increment(1);
+                                warn!(peer = %conn.peer, "TLS handshake not finished within {timeout:?}");
+                            }
+                        }
+                    }
+                }
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}
@@ -97,19 +185,60 @@ impl ForwardServer {
     }
 }
 
+/// fluentd's out_forward can check a server with a UDP `0x00` datagram; the answer is `0x00`.
+async fn answer_heartbeats(udp: UdpSocket, mut stop: watch::Receiver<bool>) {
+    let mut buf = [0u8; 64];
+    loop {
+        let received = tokio::select! {
+            r = udp.recv_from(&mut buf) => r,
+            _ = stopped(&mut stop) => return,
+        };
+        match received {
+            Ok((1, peer)) if buf[0] == 0 => {
+                metrics::counter!("rin_forward_udp_heartbeats_total").increment(1);
+                let _ = udp.send_to(&[0], peer).await;
+            }
+            Ok(_) => {
+                metrics::counter!("rin_forward_udp_ignored_total").increment(1);
+            }
+            Err(e) => debug!("UDP heartbeat socket: {e}"),
+        }
+    }
+}
+
 struct Connection {
-    ingest: Arc<Ingest>,
-    max_frame: usize,
-    idle_timeout: std::time::Duration,
+    shared: Arc<Shared>,
     peer: String,
 }
 
+/// Largest PING a client may send.
+const MAX_PING_BYTES: usize = 64 << 10;
+
 impl Connection {
-    async fn serve(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn serve<S>(self, stream: S, mut stop: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut start = 0usize;
         let mut scanner = FrameScanner::default();
+        if let Some(security) = &self.shared.security {
+            let timeout = self.shared.handshake_timeout;
+            let outcome = tokio::time::timeout(
+                timeout,
+                self.handshake(security, &mut reader, &mut writer, &mut buf, &mut start),
+            )
+            .await
+            .unwrap_or_else(|_| Err(("timeout", format!("no PING within {timeout:?}"))));
+            if let Err((reason, detail)) = outcome {
+                metrics::counter!("rin_forward_handshake_failures_total", "reason" => reason)
+                    .increment(1);
+                warn!(peer = %self.peer, "forward handshake failed: {detail}");
+                let _ = writer.shutdown().await;
+                return;
+            }
+        }
         let mut acks: FuturesOrdered<PendingAck> = FuturesOrdered::new();
         let mut eof = false;
         // Set at shutdown: the deadline for reading what clients already sent.
@@ -120,12 +249,12 @@ impl Connection {
                 if acks.len() >= MAX_PENDING_ACKS {
                     break;
                 }
-                match scanner.scan(&buf[start..], self.max_frame) {
+                match scanner.scan(&buf[start..], self.shared.max_frame) {
                     Ok(Some(len)) => {
                         let frame = &buf[start..start + len];
                         start += len;
                         metrics::counter!("rin_forward_bytes_total").increment(len as u64);
-                        match self.ingest.forward_frame(frame).await {
+                        match self.shared.ingest.forward_frame(frame).await {
                             Ok(Some(ack)) => acks.push_back(ack),
                             Ok(None) => {}
                             Err(IngestError::Refused(e)) => break 'conn Some(self.refused(e)),
@@ -166,10 +295,10 @@ impl Connection {
                 start = 0;
             }
             let can_read = acks.len() < MAX_PENDING_ACKS;
-            if can_read && self.ingest.buffer_full() {
+            if can_read && self.shared.ingest.buffer_full() {
                 // Out of disk quota: stop reading so the client holds its data and retries.
                 tokio::select! {
-                    _ = self.ingest.wait_for_room() => {}
+                    _ = self.shared.ingest.wait_for_room() => {}
                     Some(ack) = acks.next(), if !acks.is_empty() => {
                         if let Err(reason) = write_ack(&mut writer, ack).await {
                             break 'conn Some(reason);
@@ -187,7 +316,7 @@ impl Connection {
             }
             // While draining, read what the client already sent until it goes quiet.
             let wait = match draining {
-                None => self.idle_timeout,
+                None => self.shared.idle_timeout,
                 Some(deadline) => {
                     DRAIN_IDLE.min(deadline.saturating_duration_since(Instant::now()))
                 }
@@ -199,7 +328,7 @@ impl Connection {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => break 'conn Some(format!("read error: {e}")),
                         Err(_) if draining.is_some() => break 'conn None,
-                        Err(_) => break 'conn Some(format!("idle for {:?}", self.idle_timeout)),
+                        Err(_) => break 'conn Some(format!("idle for {:?}", self.shared.idle_timeout)),
                     }
                 }
                 Some(ack) = acks.next(), if !acks.is_empty() => {
@@ -225,6 +354,50 @@ impl Connection {
         }
     }
 
+    /// HELO, then one PING, then PONG. Bytes the client sent after its PING stay in `buf`.
+    async fn handshake<R, W>(
+        &self,
+        security: &Security,
+        reader: &mut R,
+        writer: &mut W,
+        buf: &mut Vec<u8>,
+        start: &mut usize,
+    ) -> Result<(), (&'static str, String)>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (helo, message) = security.helo();
+        writer
+            .write_all(&message)
+            .await
+            .map_err(|e| ("io", format!("cannot send HELO: {e}")))?;
+        let mut scanner = FrameScanner::default();
+        let len = loop {
+            match scanner.scan(buf, MAX_PING_BYTES) {
+                Ok(Some(len)) => break len,
+                Ok(None) => {}
+                Err(e) => return Err(("malformed", format!("malformed PING: {e}"))),
+            }
+            buf.reserve(4096);
+            match reader.read_buf(buf).await {
+                Ok(0) => return Err(("closed", "connection closed before PING".into())),
+                Ok(_) => {}
+                Err(e) => return Err(("io", format!("read error during handshake: {e}"))),
+            }
+        };
+        let verdict = security.check_ping(&helo, &buf[..len]);
+        *start = len;
+        writer
+            .write_all(&verdict.pong)
+            .await
+            .map_err(|e| ("io", format!("cannot send PONG: {e}")))?;
+        match verdict.refused {
+            None => Ok(()),
+            Some(refusal) => Err(refusal),
+        }
+    }
+
     fn refused(&self, e: FrameError) -> String {
         metrics::counter!("rin_forward_frames_rejected_total", "reason" => e.reason).increment(1);
         format!("refused frame ({}): {}", e.reason, e.detail)
@@ -236,8 +409,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn write_ack(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+async fn write_ack<W: AsyncWrite + Unpin>(
+    writer: &mut W,
     ack: Result<Vec<u8>, String>,
 ) -> Result<(), String> {
     match ack {

@@ -1,0 +1,575 @@
+//! The COPY stage (`rin-ship import`): S3 object-created notifications arrive on SQS; each
+//! object is loaded, exactly once, into the warehouse table its key maps to (Rin-compatible
+//! config and matching).
+//!
+//! Owns: the Rin config ([`rin`]), event parsing ([`event`]), the queue ([`sqs`]), the ledger
+//! transaction ([`ledger`]), the Redshift dialect ([`redshift`]) and the PostgreSQL load path
+//! ([`postgres`]).
+//!
+//! Must never: delete a message before the load of every record in it committed (or was found
+//! in the ledger); delete a message it could not parse (it is left for the dead-letter queue);
+//! COPY from a bare key (a prefix) instead of a manifest; expand an object key into SQL other
+//! than as a validated, quoted identifier; print a secret.
+
+pub mod aws;
+pub mod event;
+pub mod ledger;
+pub mod postgres;
+pub mod redshift;
+pub mod rin;
+pub mod sqs;
+
+use anyhow::{Context, Result, anyhow};
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use event::{ParseError, Parsed};
+use ledger::{Group, Item, ItemResult};
+use rin::{MatchOutcome, Redshift, RinConfig, Warehouse};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Command-line options of `rin-ship import`.
+#[derive(Debug, Clone)]
+pub struct ImportArgs {
+    pub config: PathBuf,
+    pub batch: bool,
+    pub max_execution_time: Option<Duration>,
+    pub dry_run: Vec<String>,
+}
+
+/// Counters of one run (also exported as metrics), printed as JSON at exit.
+#[derive(Default)]
+struct Stats {
+    messages: AtomicU64,
+    deleted: AtomicU64,
+    kept: AtomicU64,
+    test_events: AtomicU64,
+    unparseable: AtomicU64,
+    loaded_objects: AtomicU64,
+    loaded_rows: AtomicU64,
+    duplicates: AtomicU64,
+    gone: AtomicU64,
+    no_target: AtomicU64,
+    discarded: AtomicU64,
+    not_created: AtomicU64,
+    invalid_identifier: AtomicU64,
+    failed_loads: AtomicU64,
+}
+
+impl Stats {
+    fn json(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "messages": g(&self.messages),
+            "deleted": g(&self.deleted),
+            "kept": g(&self.kept),
+            "test_events": g(&self.test_events),
+            "unparseable": g(&self.unparseable),
+            "loaded_objects": g(&self.loaded_objects),
+            "loaded_rows": g(&self.loaded_rows),
+            "duplicates": g(&self.duplicates),
+            "gone": g(&self.gone),
+            "no_target": g(&self.no_target),
+            "discarded": g(&self.discarded),
+            "not_created": g(&self.not_created),
+            "invalid_identifier": g(&self.invalid_identifier),
+            "failed_loads": g(&self.failed_loads),
+        })
+        .to_string()
+    }
+}
+
+fn record(stats: &AtomicU64, outcome: &'static str, n: u64) {
+    stats.fetch_add(n, Ordering::Relaxed);
+    metrics::counter!("rin_import_records_total", "outcome" => outcome).increment(n);
+}
+
+/// `rin-ship import`.
+pub fn main(args: ImportArgs) -> Result<()> {
+    let cfg = RinConfig::load(&args.config)?;
+    if !args.dry_run.is_empty() {
+        return dry_run(&cfg, &args.dry_run);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rin-import")
+        .build()?
+        .block_on(run(Arc::new(cfg), args))
+}
+
+fn dry_run(cfg: &RinConfig, keys: &[String]) -> Result<()> {
+    for t in &cfg.targets {
+        println!("target {}: {}", t.index, t.describe());
+    }
+    for arg in keys {
+        let (bucket, key) = match arg.strip_prefix("s3://") {
+            Some(rest) => {
+                let (b, k) = rest
+                    .split_once('/')
+                    .ok_or_else(|| anyhow!("{arg}: expected s3://bucket/key"))?;
+                (b.to_string(), k.to_string())
+            }
+            None => (
+                cfg.targets
+                    .first()
+                    .map(|t| t.s3.bucket.clone())
+                    .unwrap_or_default(),
+                arg.clone(),
+            ),
+        };
+        match cfg.route(&bucket, &key) {
+            Err(e) => println!("s3://{bucket}/{key} => rejected: {e}"),
+            Ok(MatchOutcome::NoTarget) => println!("s3://{bucket}/{key} => no target"),
+            Ok(MatchOutcome::Discarded) => println!("s3://{bucket}/{key} => discarded"),
+            Ok(MatchOutcome::Load(dests)) => {
+                for d in dests {
+                    let t = cfg.target(d.target);
+                    let q = d.qualified();
+                    println!(
+                        "s3://{bucket}/{key} => target {} {q} ({:?} {})",
+                        d.target,
+                        cfg.ext.warehouse,
+                        t.redshift.visible_dsn()
+                    );
+                    match cfg.ext.warehouse {
+                        Warehouse::Redshift => {
+                            let objects = [(bucket.as_str(), key.as_str())];
+                            let (mb, mp) = ledger::manifest_location(cfg, &t.s3.bucket);
+                            let mkey = redshift::manifest_key(&mp, &q, &objects);
+                            let url = format!("s3://{mb}/{mkey}");
+                            println!("  manifest {url}: {}", redshift::manifest_json(&objects));
+                            println!(
+                                "  {}",
+                                redshift::copy_sql(
+                                    &q,
+                                    &url,
+                                    &cfg.credentials,
+                                    cfg.ext.authorization,
+                                    &t.s3.region,
+                                    &t.sql_option,
+                                    true
+                                )
+                            );
+                        }
+                        Warehouse::Postgres => {
+                            println!(
+                                "  COPY rin_ship_stage (doc) FROM STDIN WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')  -- s3://{bucket}/{key}, decompressed"
+                            );
+                            println!(
+                                "  INSERT INTO {q} (<columns of {q}>) SELECT ... FROM rin_ship_stage s, LATERAL jsonb_populate_record(NULL::{q}, s.doc) r"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Ctx {
+    cfg: Arc<RinConfig>,
+    s3: aws_sdk_s3::Client,
+    queue: sqs::Queue,
+    stats: Stats,
+}
+
+async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
+    let s3 = aws::s3_client(&cfg).await;
+    let sqs_client = aws::sqs_client(&cfg).await;
+    let name = if cfg.ext.queue_url.is_empty() {
+        cfg.queue_name.clone()
+    } else {
+        cfg.ext.queue_url.clone()
+    };
+    let queue = sqs::Queue::open(sqs_client, &name).await?;
+    info!(queue = %queue.url, warehouse = ?cfg.ext.warehouse, targets = cfg.targets.len(), "importer starting");
+    for t in &cfg.targets {
+        info!("target {}: {}", t.index, t.describe());
+    }
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        s3,
+        queue,
+        stats: Stats::default(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let term_fut = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = term_fut => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            info!("signal received: finishing the loads in flight, then exiting");
+            let _ = stop_tx.send(true);
+        });
+    }
+    if let Some(limit) = args.max_execution_time {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            info!("max execution time reached: finishing the loads in flight, then exiting");
+            let _ = stop_tx.send(true);
+        });
+    }
+    let fatal = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..cfg.ext.concurrency {
+        let ctx = ctx.clone();
+        let stop = stop_rx.clone();
+        let batch = args.batch;
+        let fatal = fatal.clone();
+        workers.push(tokio::spawn(async move {
+            if let Err(e) = worker(w, ctx, stop, batch).await {
+                error!(worker = w, "importer worker failed: {e:#}");
+                fatal.store(true, Ordering::Relaxed);
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    println!("{}", ctx.stats.json());
+    info!(summary = %ctx.stats.json(), "importer stopped");
+    if fatal.load(Ordering::Relaxed) {
+        return Err(anyhow!("an importer worker failed (see the log)"));
+    }
+    Ok(())
+}
+
+async fn worker(
+    w: usize,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+    batch: bool,
+) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let mut conns: HashMap<Redshift, tokio_postgres::Client> = HashMap::new();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let received = tokio::select! {
+            r = ctx.queue.receive(cfg.ext.wait_time_seconds, cfg.ext.visibility_timeout_seconds) => r,
+            _ = stop.changed() => return Ok(()),
+        };
+        let msgs = match received {
+            Ok(m) => {
+                backoff = Duration::from_millis(500);
+                m
+            }
+            Err(e) => {
+                warn!(worker = w, "{e:#}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        if msgs.is_empty() {
+            if batch {
+                info!(worker = w, "queue is empty: batch done");
+                return Ok(());
+            }
+            continue;
+        }
+        process(&ctx, &mut conns, msgs).await;
+    }
+}
+
+/// Handles one received batch: parse, route, load grouped by table, delete what committed.
+async fn process(
+    ctx: &Ctx,
+    conns: &mut HashMap<Redshift, tokio_postgres::Client>,
+    msgs: Vec<aws_sdk_sqs::types::Message>,
+) {
+    let cfg = &ctx.cfg;
+    let st = &ctx.stats;
+    st.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+    let handles: Vec<String> = msgs
+        .iter()
+        .map(|m| m.receipt_handle.clone().unwrap_or_default())
+        .collect();
+    // Keep the batch invisible while it loads.
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+    let vt = cfg.ext.visibility_timeout_seconds;
+    let extender = {
+        let queue = sqs::Queue {
+            client: ctx.queue.client.clone(),
+            url: ctx.queue.url.clone(),
+        };
+        let handles = handles.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs((vt as u64 / 3).max(1));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => queue.extend(&handles, vt).await,
+                    _ = &mut done_rx => return,
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut failed = vec![false; msgs.len()];
+    // (connection, table) -> group and, per item, the messages that carry it.
+    let mut groups: Vec<(Redshift, Group, Vec<Vec<usize>>)> = Vec::new();
+    for (mi, m) in msgs.iter().enumerate() {
+        let id = m.message_id.as_deref().unwrap_or("?");
+        let body = m.body.as_deref().unwrap_or("");
+        let objects = match event::parse_body(body) {
+            Ok(Parsed::TestEvent) => {
+                st.test_events.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("rin_import_messages_total", "outcome" => "test_event")
+                    .increment(1);
+                info!(message_id = id, "s3:TestEvent: deleting");
+                continue;
+            }
+            Ok(Parsed::Objects(o)) => o,
+            Err(e) => {
+                report_unparseable(st, id, sqs::receive_count(m), &e);
+                failed[mi] = true;
+                continue;
+            }
+        };
+        for o in objects {
+            if !o.created {
+                record(&st.not_created, "not_created", 1);
+                info!(message_id = id, event = %o.event_name, key = %o.key, "not an object-created event: skipped");
+                continue;
+            }
+            match cfg.route(&o.bucket, &o.key) {
+                Err(e) => {
+                    record(&st.invalid_identifier, "invalid_identifier", 1);
+                    error!(
+                        message_id = id,
+                        "{e}; the message stays for the dead-letter queue"
+                    );
+                    failed[mi] = true;
+                }
+                Ok(MatchOutcome::NoTarget) => {
+                    record(&st.no_target, "no_target", 1);
+                    info!(message_id = id, bucket = %o.bucket, key = %o.key, "no target matches: ignored");
+                }
+                Ok(MatchOutcome::Discarded) => {
+                    record(&st.discarded, "discarded", 1);
+                    info!(message_id = id, key = %o.key, "discarded by target");
+                }
+                Ok(MatchOutcome::Load(dests)) => {
+                    let mut etag = o.etag.clone();
+                    if etag.is_empty() {
+                        match head_etag(&ctx.s3, &o.bucket, &o.key).await {
+                            Ok(Some(e)) => etag = e,
+                            Ok(None) => {
+                                record(&st.gone, "gone", 1);
+                                warn!(message_id = id, key = %o.key, "object no longer exists: skipped");
+                                continue;
+                            }
+                            Err(e) => {
+                                warn!(message_id = id, "{e:#}");
+                                failed[mi] = true;
+                                continue;
+                            }
+                        }
+                    }
+                    let item = Item {
+                        bucket: o.bucket.clone(),
+                        key: o.key.clone(),
+                        etag,
+                        version_id: o.version_id.clone(),
+                    };
+                    for d in dests {
+                        let mut conn = cfg.target(d.target).redshift.clone();
+                        conn.schema.clear();
+                        conn.table.clear();
+                        let gi = match groups
+                            .iter()
+                            .position(|(c, g, _)| *c == conn && g.dest.qualified() == d.qualified())
+                        {
+                            Some(i) => i,
+                            None => {
+                                groups.push((
+                                    conn,
+                                    Group {
+                                        dest: d.clone(),
+                                        items: Vec::new(),
+                                    },
+                                    Vec::new(),
+                                ));
+                                groups.len() - 1
+                            }
+                        };
+                        let (_, g, owners) = &mut groups[gi];
+                        match g.items.iter().position(|x| *x == item) {
+                            Some(ii) => {
+                                // The same object twice in one batch: loaded once.
+                                owners[ii].push(mi);
+                                record(&st.duplicates, "duplicate", 1);
+                            }
+                            None => {
+                                g.items.push(item.clone());
+                                owners.push(vec![mi]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (conn, group, owners) in groups {
+        // Skip loading for groups whose every message already failed? No: loading is still
+        // useful (the ledger makes the redelivery cheap), so load anyway.
+        let mut pending = vec![(group, owners)];
+        let mut split = false;
+        while let Some((g, owners)) = pending.pop() {
+            match load_with_conn(ctx, conns, &conn, &g).await {
+                Ok(results) => {
+                    for r in results {
+                        match r {
+                            ItemResult::Loaded(rows) => {
+                                record(&st.loaded_objects, "loaded", 1);
+                                if let Some(n) = rows {
+                                    st.loaded_rows.fetch_add(n, Ordering::Relaxed);
+                                    metrics::counter!("rin_import_rows_total").increment(n);
+                                }
+                            }
+                            ItemResult::Duplicate => record(&st.duplicates, "duplicate", 1),
+                            ItemResult::Gone => record(&st.gone, "gone", 1),
+                        }
+                    }
+                }
+                Err(e) => {
+                    error!(table = %g.dest.qualified(), objects = g.items.len(), "load failed: {e:#}");
+                    if g.items.len() > 1 && !split {
+                        // One bad object must not hold its batch-mates back: load one by one.
+                        split = true;
+                        for (it, o) in g.items.into_iter().zip(owners) {
+                            pending.push((
+                                Group {
+                                    dest: g.dest.clone(),
+                                    items: vec![it],
+                                },
+                                vec![o],
+                            ));
+                        }
+                        continue;
+                    }
+                    record(&st.failed_loads, "failed", g.items.len() as u64);
+                    for o in owners.iter().flatten() {
+                        failed[*o] = true;
+                    }
+                }
+            }
+        }
+    }
+    let _ = done_tx.send(());
+    let _ = extender.await;
+    let mut delete = Vec::new();
+    for (mi, m) in msgs.iter().enumerate() {
+        if failed[mi] {
+            st.kept.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("rin_import_messages_total", "outcome" => "kept").increment(1);
+            let n = sqs::receive_count(m);
+            if n >= cfg.ext.max_receive_count_warn {
+                error!(
+                    message_id = m.message_id.as_deref().unwrap_or("?"),
+                    receive_count = n,
+                    "poison message: failed {n} times; left to the queue's redrive policy"
+                );
+            } else {
+                warn!(
+                    message_id = m.message_id.as_deref().unwrap_or("?"),
+                    receive_count = n,
+                    "message not deleted; it will be delivered again"
+                );
+            }
+        } else {
+            delete.push(handles[mi].clone());
+        }
+    }
+    if std::env::var("RIN_SHIP_FAILPOINT").as_deref() == Ok("pause_before_delete") {
+        // Test hook: the loads committed, the messages are not deleted yet; a test kills the
+        // process here (SIGKILL) to prove the redelivery loads nothing twice.
+        warn!("failpoint pause_before_delete: loads committed, pausing before DeleteMessageBatch");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let n = ctx.queue.delete(&delete).await;
+    st.deleted.fetch_add(n as u64, Ordering::Relaxed);
+    metrics::counter!("rin_import_messages_total", "outcome" => "deleted").increment(n as u64);
+    info!(
+        messages = msgs.len(),
+        deleted = n,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "batch done"
+    );
+}
+
+fn report_unparseable(st: &Stats, id: &str, receive_count: i64, e: &ParseError) {
+    st.unparseable.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("rin_import_messages_total", "outcome" => e.reason()).increment(1);
+    error!(
+        message_id = id,
+        receive_count,
+        reason = e.reason(),
+        "cannot parse the message: {e}; left for the dead-letter queue"
+    );
+}
+
+async fn head_etag(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<String>> {
+    match s3.head_object().bucket(bucket).key(key).send().await {
+        Ok(o) => Ok(Some(
+            o.e_tag.unwrap_or_default().trim_matches('"').to_string(),
+        )),
+        Err(e) => {
+            if matches!(e.code(), Some("NotFound" | "NoSuchKey"))
+                || e.raw_response().map(|r| r.status().as_u16()) == Some(404)
+            {
+                Ok(None)
+            } else {
+                Err(anyhow!(
+                    "HeadObject s3://{bucket}/{key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ))
+            }
+        }
+    }
+}
+
+async fn load_with_conn(
+    ctx: &Ctx,
+    conns: &mut HashMap<Redshift, tokio_postgres::Client>,
+    conn: &Redshift,
+    g: &Group,
+) -> Result<Vec<ItemResult>> {
+    if conns.get(conn).is_some_and(|c| c.is_closed()) {
+        conns.remove(conn);
+    }
+    if !conns.contains_key(conn) {
+        let client = postgres::connect(conn, ctx.cfg.ext.sslmode).await?;
+        ledger::ensure_ledger(&client, &ctx.cfg)
+            .await
+            .context("ledger")?;
+        conns.insert(conn.clone(), client);
+    }
+    let client = conns.get_mut(conn).expect("inserted above");
+    let r = ledger::load_group(client, &ctx.cfg, &ctx.s3, g).await;
+    if r.is_err() && client.is_closed() {
+        conns.remove(conn);
+    }
+    r
+}
