@@ -28,14 +28,17 @@ pub struct TlsConfig {
 #[derive(Clone)]
 pub struct ReloadableAcceptor {
     config: TlsConfig,
+    /// Application protocols offered in the TLS handshake (ALPN), e.g. `h2` for HTTP/2.
+    alpn: &'static [&'static [u8]],
     current: Arc<RwLock<TlsAcceptor>>,
 }
 
 impl ReloadableAcceptor {
-    pub fn new(config: &TlsConfig) -> Result<ReloadableAcceptor> {
-        let acceptor = build(config)?;
+    pub fn new(config: &TlsConfig, alpn: &'static [&'static [u8]]) -> Result<ReloadableAcceptor> {
+        let acceptor = build(config, alpn)?;
         Ok(ReloadableAcceptor {
             config: config.clone(),
+            alpn,
             current: Arc::new(RwLock::new(acceptor)),
         })
     }
@@ -46,7 +49,7 @@ impl ReloadableAcceptor {
 
     /// Reloads the files; on failure the current certificate stays.
     pub fn reload(&self) {
-        match build(&self.config) {
+        match build(&self.config, self.alpn) {
             Ok(acceptor) => {
                 *self.current.write().expect("tls lock") = acceptor;
                 info!(cert = %self.config.cert.display(), "TLS certificate reloaded");
@@ -73,7 +76,7 @@ impl ReloadableAcceptor {
     }
 }
 
-fn build(config: &TlsConfig) -> Result<TlsAcceptor> {
+fn build(config: &TlsConfig, alpn: &[&[u8]]) -> Result<TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert)
         .with_context(|| format!("cannot read certificate {}", config.cert.display()))?
         .collect::<Result<_, _>>()
@@ -108,8 +111,9 @@ fn build(config: &TlsConfig) -> Result<TlsAcceptor> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let server = builder
+    let mut server = builder
         .with_single_cert(certs, key)
         .context("certificate and key do not form a usable pair")?;
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

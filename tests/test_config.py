@@ -145,8 +145,8 @@ def test_sizes_and_durations_units(rin):
 def test_defaults_only_empty_config(rin, tmp_path):
     """An empty config file runs (forward port and data_dir are the defaults, so run it in a
     scratch cwd and only check it starts and stops cleanly if 24224 is free)."""
-    if port_open(24224) or port_open(2021):
-        pytest.fail("ports 24224/2021 busy on this machine; cannot check the defaults")
+    if port_open(24224) or port_open(2021) or port_open(9880):
+        pytest.fail("ports 24224/2021/9880 busy on this machine; cannot check the defaults")
     r = rin({}, start=False, defaults=False)
     r.forward_port = 24224
     r.start()

@@ -362,9 +362,21 @@ def test_max_entries_per_frame(rin):
 
 def test_max_connections(rin):
     r = rin({"forward": {"max_connections": 2}})
-    a, b = Fwd(r.port), Fwd(r.port)
-    a.sync()
-    b.sync()
+
+    def synced() -> Fwd:
+        # The start-up port probe holds a slot until the server has seen it close: retry.
+        deadline = time.monotonic() + 5
+        while True:
+            c = Fwd(r.port)
+            try:
+                c.sync()
+                return c
+            except AssertionError:
+                c.close()
+                assert time.monotonic() < deadline, "no free connection slot within 5s"
+                time.sleep(0.1)
+
+    a, b = synced(), synced()
     third = Fwd(r.port)
     third.expect_closed()
     a.send(["conn.a", [[T0, {"a": 1}]], {"chunk": "ca"}])

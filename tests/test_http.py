@@ -218,6 +218,7 @@ def test_large_body_and_metrics(rin):
     assert any('intake="http"' in l and v == len(raw) for l, v in byts), byts
     assert any('code="200"' in l for l, _ in metric_lines(text, "rin_http_requests_total"))
     assert metric_lines(text, "rin_ack_latency_seconds"), "no ack latency histogram"
+    assert any('state="open"' in l for l, _ in metric_lines(text, "rin_buffer_chunks")), text
     assert "big.t" not in text, "metrics must not be labelled by tag (unbounded cardinality)"
     r.terminate()
     assert_same_records(r.records(), [line({k: v for k, v in x.items() if k != "time"})
@@ -386,10 +387,14 @@ def test_tls(rin, tmp_path):
     code, _, body = curl("--cacert", str(cert), "--data-binary",
                          json.dumps({"time": T0, "tls": 2}), https)
     assert code == 200, body
+    # HTTP/2 negotiated over TLS (ALPN h2)
+    code, version, body = curl("--http2", "--cacert", str(cert), "--data-binary",
+                               json.dumps({"time": T0, "tls": 3}), https)
+    assert (code, version) == (200, "2"), (code, version, body)
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.post(f"http://127.0.0.1:{r.http_port}/tls.t", data=b"{}", timeout=5)
     r.terminate()
-    assert_same_records(r.records(), [line({"tls": 1}), line({"tls": 2})])
+    assert_same_records(r.records(), [line({"tls": 1}), line({"tls": 2}), line({"tls": 3})])
 
 
 def test_http_disabled_and_sigterm_exit(rin):
@@ -416,3 +421,18 @@ def test_keepalive_session_many_requests_then_sigterm(rin):
     s.close()
     assert_same_records(r.records(), exp)
     assert rfc3339(T0) in json.dumps(r.records()[0])
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"auth": {"username": "u"}}, "http.auth"),
+    ({"tag_header": "bad header"}, "http.tag_header"),
+    ({"bind": "nowhere"}, "http.bind"),
+    ({"colour": 1}, "colour"),
+])
+def test_invalid_http_config_names_the_field(tmp_path, bad, field):
+    from rinlib import rin_ship_bin
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"http": bad}))
+    done = subprocess.run([str(rin_ship_bin()), "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and field in done.stderr, done.stderr

@@ -2,6 +2,7 @@
 //! Owns routing of tags to targets and the ack contract shared by every protocol; it must
 //! never tell a client "stored" (ack, 2xx) before the buffer made the events durable.
 
+pub mod decompress;
 pub mod forward;
 pub mod http;
 

@@ -10,10 +10,10 @@
 //!   markers and carry no event.
 //! - Unknown option keys are ignored; `chunk` asks for an ack echoing its bytes exactly.
 
+use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
 use crate::msgpack::{DecodeError, EventTime, Reader, type_name};
 use crate::transcode::{LineFormat, TimeRenderer};
 use std::borrow::Cow;
-use std::io::Read;
 
 /// Why a frame was refused; `reason` is the metric label.
 #[derive(Debug)]
@@ -287,38 +287,25 @@ impl Frame<'_> {
     }
 
     fn decompress<'b>(&self, blob: &'b [u8], max: usize) -> Result<Cow<'b, [u8]>> {
-        match self.options.compressed.unwrap_or(Compression::None) {
-            Compression::None => Ok(Cow::Borrowed(blob)),
-            Compression::Gzip => {
-                let mut out = Vec::with_capacity(blob.len().saturating_mul(4).min(max));
-                flate2::read::MultiGzDecoder::new(blob)
-                    .take(max as u64 + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| FrameError::new("decompress", format!("gzip payload: {e}")))?;
-                if out.len() > max {
-                    return Err(FrameError::new(
-                        "too_large",
-                        format!("gzip payload decompresses to more than {max} bytes"),
-                    ));
+        let codec = match self.options.compressed.unwrap_or(Compression::None) {
+            Compression::None => return Ok(Cow::Borrowed(blob)),
+            Compression::Gzip => Codec::Gzip,
+            Compression::Zstd => Codec::Zstd,
+        };
+        decompress_capped(codec, blob, max)
+            .map(Cow::Owned)
+            .map_err(|e| match e {
+                DecompressError::TooLarge => FrameError::new(
+                    "too_large",
+                    format!(
+                        "{} payload decompresses to more than {max} bytes",
+                        codec.name()
+                    ),
+                ),
+                DecompressError::Corrupt(e) => {
+                    FrameError::new("decompress", format!("{} payload: {e}", codec.name()))
                 }
-                Ok(Cow::Owned(out))
-            }
-            Compression::Zstd => {
-                let mut out = Vec::with_capacity(blob.len().saturating_mul(4).min(max));
-                zstd::stream::read::Decoder::with_buffer(blob)
-                    .map_err(|e| FrameError::new("decompress", format!("zstd payload: {e}")))?
-                    .take(max as u64 + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| FrameError::new("decompress", format!("zstd payload: {e}")))?;
-                if out.len() > max {
-                    return Err(FrameError::new(
-                        "too_large",
-                        format!("zstd payload decompresses to more than {max} bytes"),
-                    ));
-                }
-                Ok(Cow::Owned(out))
-            }
-        }
+            })
     }
 }
 

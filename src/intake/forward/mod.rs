@@ -70,7 +70,7 @@ impl ForwardServer {
         };
         let tls = match &config.tls {
             Some(t) => {
-                let acceptor = ReloadableAcceptor::new(t)?;
+                let acceptor = ReloadableAcceptor::new(t, &[])?;
                 acceptor.reload_on_sighup()?;
                 Some(acceptor)
             }

@@ -14,13 +14,13 @@
 //! JSON records are never turned into a value tree: each object is split into `(key, raw value)`
 //! pairs and the raw value text is copied (re-compacted only when it spans lines).
 
+use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
 use crate::msgpack::{DecodeError, EventTime, FrameScanner, Reader, type_name};
 use crate::transcode::{LineFormat, TimeRenderer, write_str};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Read;
 
 /// Why a body was refused: the HTTP status, a metric label and a message for the client.
 #[derive(Debug)]
@@ -81,67 +81,28 @@ pub fn content_encoding(header: Option<&str>) -> Result<Encoding> {
 /// Decompresses `body`; more than `cap` decompressed bytes is refused (413), before they are
 /// all produced.
 pub fn decompress(encoding: Encoding, body: &[u8], cap: usize) -> Result<Cow<'_, [u8]>> {
-    let too_large = || {
-        BodyError::new(
-            413,
-            "too_large",
-            format!(
-                "the decompressed body is larger than {cap} bytes (http.max_decompressed_bytes)"
-            ),
-        )
-    };
-    let read_capped = |mut reader: Box<dyn Read + '_>, what: &str| -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity((body.len() * 4).min(cap).min(64 << 20));
-        (&mut reader)
-            .take(cap as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                BodyError::malformed(format!(
-                    "Content-Encoding {what}: cannot decompress the body: {e}"
-                ))
-            })?;
-        if out.len() > cap {
-            return Err(too_large());
-        }
-        Ok(out)
-    };
-    Ok(Cow::Owned(match encoding {
+    let codec = match encoding {
         Encoding::Identity => return Ok(Cow::Borrowed(body)),
-        Encoding::Gzip => read_capped(Box::new(flate2::read::MultiGzDecoder::new(body)), "gzip")?,
-        Encoding::Deflate => {
-            // HTTP's "deflate" is zlib-wrapped (RFC 9110); some clients send raw deflate.
-            let zlib = body.len() >= 2
-                && body[0] & 0x0f == 8
-                && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
-            if zlib {
-                read_capped(Box::new(flate2::read::ZlibDecoder::new(body)), "deflate")?
-            } else {
-                read_capped(Box::new(flate2::read::DeflateDecoder::new(body)), "deflate")?
-            }
-        }
-        Encoding::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(body).map_err(|e| {
-                BodyError::malformed(format!("Content-Encoding zstd: cannot decompress: {e}"))
-            })?;
-            read_capped(Box::new(decoder), "zstd")?
-        }
-        Encoding::Snappy => {
-            const STREAM_ID: &[u8] = b"\xff\x06\x00\x00sNaPpY";
-            if body.starts_with(STREAM_ID) {
-                read_capped(Box::new(snap::read::FrameDecoder::new(body)), "snappy")?
-            } else {
-                // Raw (block) snappy: the length is declared up front.
-                let len = snap::raw::decompress_len(body)
-                    .map_err(|e| BodyError::malformed(format!("Content-Encoding snappy: {e}")))?;
-                if len > cap {
-                    return Err(too_large());
-                }
-                snap::raw::Decoder::new()
-                    .decompress_vec(body)
-                    .map_err(|e| BodyError::malformed(format!("Content-Encoding snappy: {e}")))?
-            }
-        }
-    }))
+        Encoding::Gzip => Codec::Gzip,
+        Encoding::Deflate => Codec::Deflate,
+        Encoding::Zstd => Codec::Zstd,
+        Encoding::Snappy => Codec::Snappy,
+    };
+    decompress_capped(codec, body, cap)
+        .map(Cow::Owned)
+        .map_err(|e| match e {
+            DecompressError::TooLarge => BodyError::new(
+                413,
+                "too_large",
+                format!(
+                    "the decompressed body is larger than {cap} bytes (http.max_decompressed_bytes)"
+                ),
+            ),
+            DecompressError::Corrupt(e) => BodyError::malformed(format!(
+                "Content-Encoding {}: cannot decompress the body: {e}",
+                codec.name()
+            )),
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +175,16 @@ pub fn form_pairs(text: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// Parses a time given as text: decimal epoch seconds (`1714566896.5`, exact to the
 /// nanosecond), or RFC 3339 / ISO 8601 (`2024-05-01T12:34:56.789Z`, also with a space for `T`).
 pub fn parse_time_text(text: &str) -> Option<EventTime> {
+    parse_time_inner(text).filter(in_range)
+}
+
+/// Latest time the line format can write (9999-12-31T23:59:59Z): a field holding, say, epoch
+/// milliseconds is not taken for a time (the receive time is used and the field kept).
+fn in_range(t: &EventTime) -> bool {
+    (0..=253_402_300_799).contains(&t.secs)
+}
+
+fn parse_time_inner(text: &str) -> Option<EventTime> {
     let t = text.trim();
     if t.is_empty() {
         return None;
@@ -611,7 +582,7 @@ fn msgpack_record_time(r: &Reader, time_key: &str) -> Option<EventTime> {
             if let Ok(Some(text)) = r.clone().bytes() {
                 return parse_time_text(std::str::from_utf8(text).ok()?);
             }
-            return r.event_time().ok()?;
+            return r.event_time().ok()?.filter(in_range);
         }
         if key.is_none() {
             r.skip().ok()?;
@@ -858,6 +829,8 @@ mod tests {
             })
         );
         assert_eq!(parse_time_text("-5"), None);
+        assert_eq!(parse_time_text("1714566896000"), None); // milliseconds: not a time
+
         assert_eq!(parse_time_text("1.2.3"), None);
     }
 }

@@ -193,7 +193,7 @@ impl HttpServer {
     ) -> anyhow::Result<HttpServer> {
         let tls = match &config.tls {
             Some(t) => {
-                let acceptor = ReloadableAcceptor::new(t)
+                let acceptor = ReloadableAcceptor::new(t, &[b"h2", b"http/1.1"])
                     .map_err(|e| anyhow::anyhow!("field `http.tls`: {e:#}"))?;
                 acceptor.reload_on_sighup()?;
                 Some(acceptor)
