@@ -68,6 +68,37 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         ack_timeout: u64,
     },
+    /// Convert a generated forward stream into NDJSON request bodies for the HTTP intake:
+    /// one body per frame (same tag, same records), each line with the event time field.
+    GenHttp {
+        /// The `.fwd` stream written by `gen` (its `.meta` still applies to `verify`).
+        #[arg(long, default_value = "bench-data/stream.fwd")]
+        stream: PathBuf,
+        #[arg(long, default_value = "bench-data/stream-http.ndjson-batches")]
+        out: PathBuf,
+        /// Record field that carries the event time (the server's `http.time_key`).
+        #[arg(long, default_value = "time")]
+        time_key: String,
+        /// `rfc3339` (a string, nanoseconds, `Z`) or `epoch` (a number, 9 decimals).
+        #[arg(long, default_value = "rfc3339")]
+        time_format: TimeFormat,
+    },
+    /// POST NDJSON bodies to the HTTP intake over keep-alive HTTP/1.1 connections.
+    ReplayHttp {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "bench-data/stream-http.ndjson-batches")]
+        file: PathBuf,
+        /// Connections, each with one request in flight.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        /// Fail when a response takes longer than this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Give up on a request after this many 503 answers.
+        #[arg(long, default_value_t = 100)]
+        max_retries: u32,
+    },
     /// Baseline: flate2 (zlib-rs) single-threaded gzip of a file.
     Compress {
         #[arg(long, default_value_t = 6)]
@@ -111,6 +142,25 @@ fn main() {
             connections,
             window,
             Duration::from_secs(ack_timeout),
+        ),
+        Cmd::GenHttp {
+            stream,
+            out,
+            time_key,
+            time_format,
+        } => gen_http(&stream, &out, &time_key, time_format),
+        Cmd::ReplayHttp {
+            addr,
+            file,
+            connections,
+            timeout,
+            max_retries,
+        } => replay_http(
+            addr,
+            &file,
+            connections,
+            Duration::from_secs(timeout),
+            max_retries,
         ),
         Cmd::Compress { level, file, out } => compress(level, &file, out.as_deref()),
         Cmd::Verify { meta, file } => verify(&meta, &file),
@@ -980,6 +1030,476 @@ fn run_connection(
         latencies_ms: latencies,
         finished,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP NDJSON mode: the same records as NDJSON request bodies, POSTed to the HTTP intake.
+//
+// The batches file is a sequence of `<tag> <events> <body bytes>\n` header lines, each followed
+// by exactly that many bytes of NDJSON body (one JSON object per line, `\n`-terminated).
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TimeFormat {
+    Rfc3339,
+    Epoch,
+}
+
+/// Writes a scalar msgpack value as JSON (the generator only produces str, int and float).
+fn write_json_value(out: &mut Vec<u8>, v: &rmpv::Value) -> Result<()> {
+    use rmpv::Value as V;
+    match v {
+        V::String(s) => {
+            let s = s
+                .as_str()
+                .ok_or_else(|| anyhow!("record string is not UTF-8"))?;
+            serde_json::to_writer(&mut *out, s)?;
+        }
+        V::Integer(i) => {
+            if let Some(n) = i.as_i64() {
+                serde_json::to_writer(&mut *out, &n)?;
+            } else {
+                serde_json::to_writer(&mut *out, &i.as_u64().unwrap())?;
+            }
+        }
+        V::F64(f) => serde_json::to_writer(&mut *out, f)?,
+        V::F32(f) => serde_json::to_writer(&mut *out, f)?,
+        V::Boolean(b) => serde_json::to_writer(&mut *out, b)?,
+        V::Nil => out.extend_from_slice(b"null"),
+        other => bail!("unexpected record value {other:?}"),
+    }
+    Ok(())
+}
+
+fn gen_http(stream: &Path, out: &Path, time_key: &str, time_format: TimeFormat) -> Result<()> {
+    let data = std::fs::read(stream).with_context(|| format!("reading {}", stream.display()))?;
+    let frames = scan_frames(&data)?;
+    if frames.is_empty() {
+        bail!("{} holds no frames", stream.display());
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut w = BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    let mut key_json = Vec::new();
+    serde_json::to_writer(&mut key_json, time_key)?;
+    let mut body = Vec::with_capacity(1 << 20);
+    let (mut events, mut body_bytes, mut max_body) = (0u64, 0u64, 0usize);
+    for f in &frames {
+        let buf = &data[f.start..f.end];
+        let (ts, tn) = str_or_bin_at(buf, 1)?;
+        let tag = std::str::from_utf8(&buf[ts..ts + tn])?;
+        if tag.contains(|c: char| c.is_whitespace() || c == '/' || c == '?' || c == '%') {
+            bail!("tag {tag:?} cannot go into a request path as is");
+        }
+        let tag_end = skip_value(buf, 1)?.unwrap();
+        let (es, en) = str_or_bin_at(buf, tag_end)?;
+        let mut rd = &buf[es..es + en];
+        body.clear();
+        let mut n = 0u64;
+        while !rd.is_empty() {
+            let entry = rmpv::decode::read_value(&mut rd).map_err(|e| anyhow!("entry: {e}"))?;
+            let arr = entry
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .ok_or_else(|| anyhow!("entry is not [time, record]"))?;
+            let (secs, nanos) = match &arr[0] {
+                rmpv::Value::Ext(0, d) if d.len() == 8 => (
+                    u32::from_be_bytes(d[..4].try_into()?) as i64,
+                    u32::from_be_bytes(d[4..].try_into()?),
+                ),
+                rmpv::Value::Integer(i) => (i.as_i64().unwrap_or(0), 0),
+                other => bail!("unexpected entry time {other:?}"),
+            };
+            let rec = arr[1]
+                .as_map()
+                .ok_or_else(|| anyhow!("record is not a map"))?;
+            body.push(b'{');
+            body.extend_from_slice(&key_json);
+            body.push(b':');
+            match time_format {
+                TimeFormat::Rfc3339 => {
+                    let t = chrono::DateTime::from_timestamp(secs, nanos)
+                        .ok_or_else(|| anyhow!("time {secs}.{nanos} out of range"))?;
+                    body.push(b'"');
+                    body.extend_from_slice(
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                            .as_bytes(),
+                    );
+                    body.push(b'"');
+                }
+                TimeFormat::Epoch => {
+                    use std::io::Write as _;
+                    write!(body, "{secs}.{nanos:09}")?;
+                }
+            }
+            for (k, v) in rec {
+                let k = k
+                    .as_str()
+                    .ok_or_else(|| anyhow!("record key is not a string"))?;
+                if k == time_key {
+                    continue; // the time field above stands for it
+                }
+                body.push(b',');
+                serde_json::to_writer(&mut body, k)?;
+                body.push(b':');
+                write_json_value(&mut body, v)?;
+            }
+            body.extend_from_slice(b"}\n");
+            n += 1;
+        }
+        if n != f.events {
+            bail!("frame says size {} but holds {n} entries", f.events);
+        }
+        writeln!(w, "{tag} {n} {}", body.len())?;
+        w.write_all(&body)?;
+        events += n;
+        body_bytes += body.len() as u64;
+        max_body = max_body.max(body.len());
+    }
+    w.flush()?;
+    drop(w);
+    std::fs::rename(&tmp, out)?;
+    println!("gen_http.file: {}", out.display());
+    println!("gen_http.requests: {}", frames.len());
+    println!("gen_http.events: {events}");
+    println!("gen_http.body_bytes: {body_bytes}");
+    println!(
+        "gen_http.avg_line_bytes: {:.1}",
+        body_bytes as f64 / events.max(1) as f64
+    );
+    println!("gen_http.max_body_bytes: {max_body}");
+    Ok(())
+}
+
+struct HttpBatch {
+    tag: String,
+    events: u64,
+    start: usize,
+    end: usize,
+}
+
+fn scan_http_batches(buf: &[u8]) -> Result<Vec<HttpBatch>> {
+    let mut batches = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let nl = buf[pos..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or_else(|| anyhow!("batches file truncated at offset {pos}"))?
+            + pos;
+        let header = std::str::from_utf8(&buf[pos..nl])?;
+        let mut parts = header.split(' ');
+        let (Some(tag), Some(events), Some(len), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            bail!("bad batch header at offset {pos}: {header:?}");
+        };
+        let len: usize = len.parse().context("batch length")?;
+        let start = nl + 1;
+        let end = start + len;
+        if end > buf.len() {
+            bail!("batch at offset {pos} runs past the end of the file");
+        }
+        batches.push(HttpBatch {
+            tag: tag.to_string(),
+            events: events.parse().context("batch events")?,
+            start,
+            end,
+        });
+        pos = end;
+    }
+    Ok(batches)
+}
+
+struct HttpResponse {
+    status: u16,
+    retry_after: Option<u64>,
+    close: bool,
+    body: Vec<u8>,
+}
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked body).
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<HttpResponse> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        bail!("server closed the connection before answering");
+    }
+    let mut it = line.trim_end().splitn(3, ' ');
+    let version = it.next().unwrap_or_default().to_string();
+    let status: u16 = it
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
+    let mut close = version == "HTTP/1.0";
+    let (mut length, mut chunked, mut retry_after) = (None, false, None);
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("connection closed inside the response headers");
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let Some((k, v)) = l.split_once(':') else {
+            bail!("bad header line {l:?}");
+        };
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = Some(v.parse::<usize>().context("content-length")?),
+            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+            "connection" => close = v.eq_ignore_ascii_case("close"),
+            "retry-after" => retry_after = Some(v.parse::<u64>().unwrap_or(1)),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size_text = line.trim_end().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(size_text.trim(), 16)
+                .with_context(|| format!("bad chunk size {line:?}"))?;
+            if size == 0 {
+                // trailers, up to the empty line
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let at = body.len();
+            body.resize(at + size + 2, 0);
+            r.read_exact(&mut body[at..])?;
+            body.truncate(at + size);
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else if status >= 200 && status != 204 && status != 304 {
+        r.read_to_end(&mut body)?; // delimited by close
+        close = true;
+    }
+    Ok(HttpResponse {
+        status,
+        retry_after,
+        close,
+        body,
+    })
+}
+
+#[derive(Default)]
+struct HttpConnResult {
+    requests: u64,
+    events: u64,
+    bytes: u64,
+    retries: u64,
+    retry_wait_s: f64,
+    reconnects: u64,
+    latencies_ms: Vec<f64>,
+    finished: Option<Instant>,
+}
+
+fn replay_http(
+    addr: SocketAddr,
+    file: &Path,
+    connections: usize,
+    timeout: Duration,
+    max_retries: u32,
+) -> Result<()> {
+    if connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let batches = scan_http_batches(&data)?;
+    if batches.is_empty() {
+        bail!("{} holds no batches", file.display());
+    }
+    let total_events: u64 = batches.iter().map(|b| b.events).sum();
+    let connections = connections.min(batches.len());
+    eprintln!(
+        "replay-http: {} requests, {} events, {} body bytes over {} connection(s), one request in flight each",
+        batches.len(),
+        total_events,
+        batches.iter().map(|b| b.end - b.start).sum::<usize>(),
+        connections
+    );
+    let data = Arc::new(data);
+    let batches = Arc::new(batches);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..connections {
+        let (data, batches, next, failed) =
+            (data.clone(), batches.clone(), next.clone(), failed.clone());
+        handles.push(std::thread::spawn(move || -> Result<HttpConnResult> {
+            let r =
+                run_http_connection(addr, &data, &batches, &next, &failed, timeout, max_retries);
+            if r.is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            r.with_context(|| format!("connection {c}"))
+        }));
+    }
+    let mut errors = Vec::new();
+    let mut results = Vec::new();
+    for (c, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(_) => errors.push(format!("connection {c}: thread panicked")),
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
+    let requests: u64 = results.iter().map(|r| r.requests).sum();
+    let events: u64 = results.iter().map(|r| r.events).sum();
+    let bytes: u64 = results.iter().map(|r| r.bytes).sum();
+    let retries: u64 = results.iter().map(|r| r.retries).sum();
+    let retry_wait: f64 = results.iter().map(|r| r.retry_wait_s).sum();
+    let reconnects: u64 = results.iter().map(|r| r.reconnects).sum();
+    let mut lat: Vec<f64> = results
+        .iter()
+        .flat_map(|r| r.latencies_ms.iter().copied())
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| {
+        if lat.is_empty() {
+            f64::NAN
+        } else {
+            lat[((lat.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    let finished: Vec<Instant> = results.iter().filter_map(|r| r.finished).collect();
+    let spread = match (finished.iter().min(), finished.iter().max()) {
+        (Some(a), Some(b)) => b.duration_since(*a).as_secs_f64(),
+        _ => 0.0,
+    };
+    println!("replay.mode: http");
+    println!("replay.connections: {connections}");
+    println!("replay.requests_total: {}", batches.len());
+    println!("replay.requests_ok: {requests}");
+    println!("replay.events_acked: {events}");
+    println!("replay.wall_s: {wall:.3}");
+    println!("replay.events_per_s: {:.0}", events as f64 / wall);
+    println!("replay.body_mb_per_s: {:.1}", bytes as f64 / wall / 1e6);
+    println!("replay.ack_latency_ms_p50: {:.1}", q(0.5));
+    println!("replay.ack_latency_ms_p99: {:.1}", q(0.99));
+    println!("replay.ack_latency_ms_max: {:.1}", q(1.0));
+    println!("replay.retries_503: {retries}");
+    println!("replay.retry_wait_s: {retry_wait:.1}");
+    println!("replay.reconnects: {reconnects}");
+    println!("replay.connection_finish_spread_s: {spread:.3}");
+    println!("replay.client_cpu_s: {cpu:.3}");
+    if !errors.is_empty() || requests != batches.len() as u64 {
+        for e in &errors {
+            eprintln!("replay-http: {e}");
+        }
+        bail!("{} of {} requests answered 2xx", requests, batches.len());
+    }
+    Ok(())
+}
+
+fn run_http_connection(
+    addr: SocketAddr,
+    data: &[u8],
+    batches: &[HttpBatch],
+    next: &std::sync::atomic::AtomicUsize,
+    failed: &std::sync::atomic::AtomicBool,
+    timeout: Duration,
+    max_retries: u32,
+) -> Result<HttpConnResult> {
+    use std::sync::atomic::Ordering;
+    let connect = || -> Result<(TcpStream, BufReader<TcpStream>)> {
+        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        let r = BufReader::with_capacity(16 << 10, s.try_clone()?);
+        Ok((s, r))
+    };
+    let mut conn = Some(connect()?);
+    let mut res = HttpConnResult::default();
+    let mut head = Vec::with_capacity(256);
+    loop {
+        if failed.load(Ordering::Relaxed) {
+            bail!("stopped: another connection failed");
+        }
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(b) = batches.get(i) else { break };
+        let body = &data[b.start..b.end];
+        head.clear();
+        write!(
+            head,
+            "POST /{} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            b.tag,
+            body.len()
+        )?;
+        let mut attempts = 0u32;
+        loop {
+            if conn.is_none() {
+                conn = Some(connect()?);
+                res.reconnects += 1;
+            }
+            let (w, r) = conn.as_mut().unwrap();
+            let sent = Instant::now();
+            w.write_all(&head)
+                .and_then(|_| w.write_all(body))
+                .with_context(|| format!("sending request {i} ({})", b.tag))?;
+            let resp = read_response(r).with_context(|| format!("request {i} ({})", b.tag))?;
+            let took = sent.elapsed();
+            if resp.close {
+                conn = None;
+            }
+            match resp.status {
+                200..=299 => {
+                    res.latencies_ms.push(took.as_secs_f64() * 1e3);
+                    res.requests += 1;
+                    res.events += b.events;
+                    res.bytes += body.len() as u64;
+                    break;
+                }
+                503 => {
+                    attempts += 1;
+                    if attempts > max_retries {
+                        bail!("request {i} ({}): 503 {max_retries} times", b.tag);
+                    }
+                    let wait = Duration::from_secs(resp.retry_after.unwrap_or(1));
+                    res.retries += 1;
+                    res.retry_wait_s += wait.as_secs_f64();
+                    if res.retries == 1 {
+                        eprintln!(
+                            "replay-http: 503 ({}), retrying after {wait:?}",
+                            String::from_utf8_lossy(&resp.body).trim()
+                        );
+                    }
+                    std::thread::sleep(wait);
+                }
+                s => bail!(
+                    "request {i} ({}): HTTP {s}: {}",
+                    b.tag,
+                    String::from_utf8_lossy(&resp.body[..resp.body.len().min(500)]).trim()
+                ),
+            }
+        }
+    }
+    if let Some((w, _)) = conn {
+        let _ = w.shutdown(std::net::Shutdown::Both);
+    }
+    res.finished = Some(Instant::now());
+    Ok(res)
 }
 
 // ---------------------------------------------------------------------------------------------

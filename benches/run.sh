@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# End-to-end forward-intake benchmark for rin-ship. See docs/benchmarks.md.
+# End-to-end intake benchmark for rin-ship (forward, or HTTP NDJSON). See docs/benchmarks.md.
 #
-#   benches/run.sh                      # 1M records, level 6, 2 connections
+#   benches/run.sh                      # 1M records, level 6, 2 connections, Fluent forward
 #   RECORDS=200000 LEVEL=1 CONNECTIONS=4 benches/run.sh
+#   MODE=http benches/run.sh            # the same records as NDJSON bodies POSTed to the HTTP intake
 #
 # Environment knobs (defaults in brackets):
+#   MODE [forward]     forward: `forward_load replay` of PackedForward frames (WINDOW frames in
+#                      flight per connection); http: `forward_load replay-http`, one NDJSON body
+#                      per frame (same tag and records), one request in flight per connection
+#   HTTP_PORT [24298]  HTTP_TIME [rfc3339]  (http mode: the intake's port; `time` field as an
+#                      RFC 3339 string or `epoch` seconds)
 #   RECORDS [1000000]  LEVEL [6]  CONNECTIONS [2]  WINDOW [4]  PER_FRAME [1000]  SEED [1]
 #   PORT [24299]  SHARDS [0 = one per core]  SEAL_BYTES [64MiB]  SEAL_AGE [60s]
 #   CARGO_FLAGS [""]   e.g. "--no-default-features" for a build without the S3 store
@@ -30,10 +36,14 @@ SEAL_AGE=${SEAL_AGE:-60s}
 CARGO_FLAGS=${CARGO_FLAGS:-}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
+MODE=${MODE:-forward}
+HTTP_PORT=${HTTP_PORT:-24298}
+HTTP_TIME=${HTTP_TIME:-rfc3339}
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+[[ $MODE == forward || $MODE == http ]] || die "MODE must be forward or http, not $MODE"
 [[ -r /proc/self/stat ]] || die "needs Linux /proc"
 command -v gzip >/dev/null || die "gzip not found"
 CLK_TCK=$(getconf CLK_TCK)
@@ -63,6 +73,15 @@ if [[ ! -s $STREAM || ! -s $STREAM.meta ]]; then
     "$BENCH" gen --records "$RECORDS" --per-frame "$PER_FRAME" --seed "$SEED" --out "$STREAM" >&2
 fi
 STREAM_BYTES=$(stat -c %s "$STREAM")
+if [[ $MODE == http ]]; then
+    # Derived from the .fwd stream (same records, same .meta for verify): one body per frame.
+    HTTP_FILE=${STREAM%.fwd}-${HTTP_TIME}.ndjson-batches
+    if [[ ! -s $HTTP_FILE || $STREAM -nt $HTTP_FILE ]]; then
+        log "generating $HTTP_FILE"
+        "$BENCH" gen-http --stream "$STREAM" --out "$HTTP_FILE" --time-format "$HTTP_TIME" >&2
+    fi
+    HTTP_BYTES=$(stat -c %s "$HTTP_FILE")
+fi
 
 RUN=$ROOT/bench-data/run
 rm -rf "$RUN"
@@ -77,10 +96,17 @@ metrics: {enabled: false}
 buffer: {seal_bytes: $SEAL_BYTES, seal_age: $SEAL_AGE, compression_level: $LEVEL, shards: $SHARDS}
 targets: [{name: default, match: ["**"], store: local}]
 EOF
-
-if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-    die "127.0.0.1:$PORT is already in use (set PORT=...)"
+WAIT_PORTS=$PORT
+if [[ $MODE == http ]]; then
+    echo "http: {enabled: true, bind: \"127.0.0.1:$HTTP_PORT\", time_key: time}" >>"$RUN/config.yaml"
+    WAIT_PORTS="$PORT $HTTP_PORT"
 fi
+
+for p in $WAIT_PORTS; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        die "127.0.0.1:$p is already in use (set PORT=... / HTTP_PORT=...)"
+    fi
+done
 
 # ---------------------------------------------------------------------------- cleanup
 TIME_PID= SPID= SAMPLER_PID=
@@ -120,12 +146,14 @@ else
     "$SERVER" serve --config "$RUN/config.yaml" >"$RUN/server.log" 2>&1 &
     SPID=$!
 fi
-log "server pid $SPID, waiting for 127.0.0.1:$PORT"
-for i in $(seq 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    kill -0 "$SPID" 2>/dev/null || { cat "$RUN/server.log" >&2; die "server exited during startup"; }
-    [[ $i == 300 ]] && die "server not listening after 30s"
-    sleep 0.1
+for p in $WAIT_PORTS; do
+    log "server pid $SPID, waiting for 127.0.0.1:$p"
+    for i in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
+        kill -0 "$SPID" 2>/dev/null || { cat "$RUN/server.log" >&2; die "server exited during startup"; }
+        [[ $i == 300 ]] && die "server not listening on $p after 30s"
+        sleep 0.1
+    done
 done
 
 # CPU ticks (utime+stime, all threads) of the server; empty once it is gone.
@@ -159,10 +187,16 @@ machine_busy() { local _c u n s _i _w q sq st _rest; read -r _c u n s _i _w q sq
 CPU_START=$(cpu_ticks)
 MACHINE_START=$(machine_busy)
 T_START=$EPOCHREALTIME
-log "replay: $CONNECTIONS connection(s), window $WINDOW"
 set +e
-"$BENCH" replay --addr "127.0.0.1:$PORT" --file "$STREAM" --connections "$CONNECTIONS" \
-    --window "$WINDOW" >"$RUN/replay.out"
+if [[ $MODE == http ]]; then
+    log "replay-http: $CONNECTIONS connection(s), one request in flight each"
+    "$BENCH" replay-http --addr "127.0.0.1:$HTTP_PORT" --file "$HTTP_FILE" \
+        --connections "$CONNECTIONS" >"$RUN/replay.out"
+else
+    log "replay: $CONNECTIONS connection(s), window $WINDOW"
+    "$BENCH" replay --addr "127.0.0.1:$PORT" --file "$STREAM" --connections "$CONNECTIONS" \
+        --window "$WINDOW" >"$RUN/replay.out"
+fi
 REPLAY_RC=$?
 set -e
 T_ACKED=$EPOCHREALTIME
@@ -216,7 +250,7 @@ find "$OBJ_DIR" -type f -print0 | sort -z | xargs -0 -r gzip -dc >"$NDJSON"
 NDJSON_BYTES=$(stat -c %s "$NDJSON")
 LINES=$(wc -l <"$NDJSON")
 CHECKS_OK=1
-[[ $REPLAY_RC == 0 ]] || { log "FAIL: replay failed (missing or wrong acks)"; CHECKS_OK=0; }
+[[ $REPLAY_RC == 0 ]] || { log "FAIL: replay failed (missing or wrong acks / non-2xx answers)"; CHECKS_OK=0; }
 [[ $SERVER_RC == 0 ]] || { log "FAIL: server exit status $SERVER_RC"; CHECKS_OK=0; }
 [[ $LINES == "$RECORDS" ]] || { log "FAIL: $LINES NDJSON lines, expected $RECORDS"; CHECKS_OK=0; }
 if ! "$BENCH" verify --meta "$STREAM.meta" --file "$NDJSON" >"$RUN/verify.out"; then
@@ -243,13 +277,27 @@ EPS=$(rv replay.events_per_s)
 P50=$(rv replay.ack_latency_ms_p50)
 P99=$(rv replay.ack_latency_ms_p99)
 CLIENT_CPU=$(rv replay.client_cpu_s)
+if [[ $MODE == http ]]; then
+    TITLE="HTTP NDJSON benchmark"
+    SHAPE="$CONNECTIONS connection(s) x 1 request"
+    LAT_LABEL="request latency ms p50 / p99 (send -> 2xx)"
+    IN_LABEL="NDJSON request file bytes (headers + bodies)"
+    IN_BYTES=$HTTP_BYTES
+else
+    TITLE="forward benchmark"
+    SHAPE="$CONNECTIONS connection(s) x window $WINDOW"
+    LAT_LABEL="ack latency ms p50 / p99"
+    IN_LABEL="msgpack stream bytes"
+    IN_BYTES=$STREAM_BYTES
+fi
 
 awk \
     -v records="$RECORDS" -v events="${EVENTS:-0}" -v eps="${EPS:-0}" -v wall="${REPLAY_WALL:-0}" \
     -v t0="$T_START" -v tack="$T_ACKED" -v texit="$T_EXIT" \
     -v c0="${CPU_START:-0}" -v cack="${CPU_ACKED:-0}" -v hz="$CLK_TCK" \
     -v scpu="$SERVER_CPU" -v peak="$PEAK_RSS_KB" -v hwm="${HWM_BEFORE_TERM:-0}" -v maxrss="$MAX_RSS_KB" \
-    -v objs="$OBJECTS" -v objbytes="$OBJ_BYTES" -v ndjson="$NDJSON_BYTES" -v streamb="$STREAM_BYTES" \
+    -v objs="$OBJECTS" -v objbytes="$OBJ_BYTES" -v ndjson="$NDJSON_BYTES" -v streamb="$IN_BYTES" \
+    -v title="$TITLE" -v shape="$SHAPE" -v latlabel="$LAT_LABEL" -v inlabel="$IN_LABEL" \
     -v gzb="$GZIP_BYTES" -v gzc="$GZIP_CPU" -v flb="$FL_BYTES" -v flc="$FL_CPU" -v level="$LEVEL" \
     -v p50="${P50:-nan}" -v p99="${P99:-nan}" -v ccpu="${CLIENT_CPU:-0}" -v nproc="$NPROC" \
     -v conns="$CONNECTIONS" -v window="$WINDOW" -v left="$BUFFER_LEFT" \
@@ -265,12 +313,12 @@ BEGIN {
     rb = gzb > 0 ? objbytes / gzb : 0
     rc = flc > 0 ? scpu / flc : 0
     rc_replay = flc > 0 ? replay_cpu / flc : 0
-    printf "\n== rin-ship forward benchmark: %d records, level %d, %d connection(s) x window %d, %d cores ==\n", records, level, conns, window, nproc
+    printf "\n== rin-ship %s: %d records, level %d, %s, %d cores ==\n", title, records, level, shape, nproc
     printf "%-46s %16s   %s\n", "figure", "value", "target"
     printf "%-46s %16d\n", "events acked", events
     printf "%-46s %16.2f\n", "replay wall s (first send -> last ack)", wall
     printf "%-46s %16.0f\n", "events/s", eps
-    printf "%-46s %16.1f / %.1f\n", "ack latency ms p50 / p99", p50, p99
+    printf "%-46s %16.1f / %.1f\n", latlabel, p50, p99
     printf "%-46s %16.2f\n", "shutdown s (SIGTERM -> exit)", shutdown_s
     printf "%-46s %16.2f\n", "server CPU s, lifetime (user+sys)", scpu
     printf "%-46s %16.2f\n", "server CPU s during replay", replay_cpu
@@ -284,7 +332,7 @@ BEGIN {
     printf "%-46s %16.2f\n", "server cores busy, replay start -> exit", busy_all
     printf "%-46s %16.2f\n", "load client CPU s (shares the cores)", ccpu
     printf "%-46s %16.1f   %s (<= 100 MB)\n", "peak RSS MB", peak / 1024, pf(peak / 1024 <= 100)
-    printf "%-46s %16d\n", "msgpack stream bytes", streamb
+    printf "%-46s %16d\n", inlabel, streamb
     printf "%-46s %16d\n", "NDJSON bytes (decompressed objects)", ndjson
     printf "%-46s %16d\n", "objects", objs
     printf "%-46s %16d\n", "chunk files left in buffer after exit", left
@@ -298,6 +346,9 @@ BEGIN {
     printf "%-46s %16.2f\n", "ratio CPU (replay only) / flate2 level " level, rc_replay
 }'
 
+if [[ $MODE == http ]]; then
+    printf '%-46s %16s\n' "HTTP requests 2xx / 503 retries" "$(rv replay.requests_ok) / $(rv replay.retries_503)"
+fi
 printf '%-46s %s\n' "server CPU s by thread (at last ack)" "${THREADS:-?}"
 
 if [[ $CHECKS_OK == 1 ]]; then
