@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -68,6 +68,9 @@ pub struct Buffer {
 
 struct Lane {
     shards: Vec<mpsc::Sender<ShardMsg>>,
+    /// Batches each writer holds, queued or being compressed, until their commit: how busy it
+    /// is (the queue length alone misses the batch in hand).
+    busy: Vec<Arc<AtomicUsize>>,
 }
 
 impl Buffer {
@@ -101,9 +104,13 @@ impl Buffer {
         let mut threads = Vec::new();
         for (index, target) in config.targets.iter().enumerate() {
             let mut shards = Vec::new();
+            let mut busy = Vec::new();
             for shard in 0..config.buffer.shards {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                let in_hand = Arc::new(AtomicUsize::new(0));
+                busy.push(in_hand.clone());
                 let writer = ShardWriter {
+                    busy: in_hand,
                     target: index,
                     dir: root.join(&target.name),
                     level: config.buffer.compression_level,
@@ -123,7 +130,7 @@ impl Buffer {
                 );
                 shards.push(tx);
             }
-            lanes.push(Lane { shards });
+            lanes.push(Lane { shards, busy });
         }
         Ok(Buffer {
             lanes,
@@ -155,7 +162,8 @@ impl Buffer {
             batch.partition.hash(&mut h);
             h.finish() as usize % shards.len()
         };
-        let queued = |i: usize| shards[i].max_capacity() - shards[i].capacity();
+        let busy = &self.lanes[target].busy;
+        let queued = |i: usize| busy[i].load(Ordering::Relaxed);
         let pick = if queued(home) == 0 {
             home
         } else {
@@ -164,10 +172,15 @@ impl Buffer {
                 .min_by_key(|&i| queued(i))
                 .unwrap_or(home)
         };
-        shards[pick]
+        busy[pick].fetch_add(1, Ordering::Relaxed);
+        if shards[pick]
             .send(ShardMsg::Append(batch, done, permit))
             .await
-            .map_err(|_| "buffer is shutting down".to_string())?;
+            .is_err()
+        {
+            busy[pick].fetch_sub(1, Ordering::Relaxed);
+            return Err("buffer is shutting down".to_string());
+        }
         Ok(durable)
     }
 
@@ -299,6 +312,7 @@ fn warn_unknown_dirs(root: &Path, config: &Config) {
 }
 
 struct ShardWriter {
+    busy: Arc<AtomicUsize>,
     target: usize,
     dir: PathBuf,
     level: u32,
@@ -338,6 +352,7 @@ impl ShardWriter {
                         match result {
                             Ok(seq) => waiters.push((seq, done)),
                             Err((e, seq)) => {
+                                self.busy.fetch_sub(1, Ordering::Relaxed);
                                 let _ = done.send(Err(e));
                                 if let Some(seq) = seq {
                                     failed.push(seq);
@@ -377,6 +392,7 @@ impl ShardWriter {
                 } else {
                     Ok(())
                 };
+                self.busy.fetch_sub(1, Ordering::Relaxed);
                 let _ = done.send(result);
             }
             failed.clear();
