@@ -28,8 +28,10 @@ pub struct Batch {
     pub lines: Vec<u8>,
     pub events: u64,
     pub first_time: EventTime,
-    /// The forward `chunk` id to record, so a resend can be recognised after a crash.
-    pub chunk_id: Option<Vec<u8>>,
+    /// The claim on a forward `chunk` id: the writer journals the id with the lines and
+    /// settles the claim with the commit's outcome, so the dedupe table matches what is on
+    /// disk even when the client's connection is gone before its ack is sent.
+    pub claim: Option<ClaimGuard>,
 }
 
 /// Resolves when the batch is durable (`Ok`) or could not be stored (`Err`, never acked).
@@ -332,7 +334,8 @@ const GROUP_BYTES: usize = 1 << 20;
 impl ShardWriter {
     fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
         // Submitters wait on the chunk (by sequence number) their batch went into.
-        let mut waiters: Vec<(u64, oneshot::Sender<Result<(), String>>)> = Vec::new();
+        type Waiter = (u64, oneshot::Sender<Result<(), String>>, Option<ClaimGuard>);
+        let mut waiters: Vec<Waiter> = Vec::new();
         let mut failed: Vec<u64> = Vec::new();
         loop {
             let Some(first) = rx.blocking_recv() else {
@@ -347,10 +350,13 @@ impl ShardWriter {
                 match msg {
                     ShardMsg::Append(batch, done, permit) => {
                         grouped += batch.lines.len();
-                        let result = self.append(batch);
+                        let result = self.append(&batch);
+                        let Batch { lines, claim, .. } = batch;
+                        drop(lines);
                         drop(permit);
                         match result {
-                            Ok(seq) => waiters.push((seq, done)),
+                            Ok(seq) => waiters.push((seq, done, claim)),
+                            // A claim dropped here is released: nothing of it is durable.
                             Err((e, seq)) => {
                                 self.busy.fetch_sub(1, Ordering::Relaxed);
                                 let _ = done.send(Err(e));
@@ -386,12 +392,15 @@ impl ShardWriter {
                 self.poison(&key);
             }
             metrics::counter!("rin_buffer_commits_total").increment(1);
-            for (seq, done) in waiters.drain(..) {
+            for (seq, done, claim) in waiters.drain(..) {
                 let result = if failed.contains(&seq) {
                     Err("could not make the events durable".to_string())
                 } else {
                     Ok(())
                 };
+                if let Some(claim) = claim {
+                    claim.finish(result.is_ok());
+                }
                 self.busy.fetch_sub(1, Ordering::Relaxed);
                 let _ = done.send(result);
             }
@@ -417,7 +426,7 @@ impl ShardWriter {
 
     /// Returns the sequence number of the chunk the batch went into. On error, also the
     /// chunk that is now broken (its earlier, uncommitted batches fail with it).
-    fn append(&mut self, batch: Batch) -> Result<u64, (String, Option<u64>)> {
+    fn append(&mut self, batch: &Batch) -> Result<u64, (String, Option<u64>)> {
         let key: Arc<str> = if self.partition_by_tag {
             batch.partition.clone()
         } else {
@@ -441,7 +450,8 @@ impl ShardWriter {
         }
         let (chunk, _) = self.open.get_mut(&key).unwrap();
         let seq = chunk.seq;
-        if let Err(e) = chunk.append(&batch.lines, batch.events, batch.first_time, batch.chunk_id) {
+        let id = batch.claim.as_ref().map(|c| c.id.clone());
+        if let Err(e) = chunk.append(&batch.lines, batch.events, batch.first_time, id) {
             self.poison(&key);
             return Err((format!("cannot write chunk {seq}: {e}"), Some(seq)));
         }
@@ -725,5 +735,47 @@ impl Dedupe {
             id: id.to_vec(),
             done: Some(tx),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_committed_chunk_id_stays_claimed_when_nobody_waits_for_the_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::parse(&format!("data_dir: {}\n", dir.path().display())).unwrap();
+        config.buffer.dir = dir.path().join("buffer");
+        config.buffer.shards = 1;
+        config.targets.push(crate::config::TargetConfig::default());
+        let (sealed, _sealed_rx) = mpsc::unbounded_channel();
+        let buffer = Buffer::open(&config, &[false], sealed).unwrap();
+        let Claim::New(claim) = buffer.dedupe.claim(b"chunk-1") else {
+            panic!("first sighting must be new");
+        };
+        let batch = Batch {
+            partition: Arc::from(""),
+            lines: b"{\"a\":1}\n".to_vec(),
+            events: 1,
+            first_time: EventTime { secs: 1, nanos: 0 },
+            claim: Some(claim),
+        };
+        // The connection is gone: the durability receiver is dropped unread.
+        drop(buffer.submit(0, batch).await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match buffer.dedupe.claim(b"chunk-1") {
+                Claim::Stored => break,
+                Claim::InFlight(mut rx) => {
+                    let _ = rx.wait_for(|v| v.is_some()).await;
+                }
+                Claim::New(_) => {
+                    panic!("a committed chunk id was forgotten: its resend would be stored twice")
+                }
+            }
+            assert!(Instant::now() < deadline);
+        }
+        buffer.close().await;
     }
 }

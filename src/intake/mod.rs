@@ -28,8 +28,24 @@ pub struct TargetFormat {
     pub partition_by_tag: bool,
 }
 
+/// Which intake events came through (a metric label).
+#[derive(Clone, Copy)]
+pub enum Intake {
+    Forward = 0,
+    Http = 1,
+}
+
+/// `rin_events_in_total` and `rin_bytes_in_total` for one intake and target, registered once:
+/// looking counters up by name and labels on every frame costs more than counting.
+pub struct InboundCounters {
+    pub events: metrics::Counter,
+    pub bytes: metrics::Counter,
+}
+
 /// Routing, transcoding and submission, shared by all connections.
 pub struct Ingest {
+    /// Per target, per `Intake`.
+    inbound: Vec<[InboundCounters; 2]>,
     pub buffer: Arc<Buffer>,
     router: Router,
     targets: Vec<TargetFormat>,
@@ -54,13 +70,27 @@ impl Ingest {
         targets: Vec<TargetFormat>,
         limits: frame::Limits,
     ) -> Ingest {
+        let inbound = targets
+            .iter()
+            .map(|t| {
+                ["forward", "http"].map(|intake| InboundCounters {
+                    events: metrics::counter!("rin_events_in_total", "intake" => intake, "target" => t.name.clone()),
+                    bytes: metrics::counter!("rin_bytes_in_total", "intake" => intake, "target" => t.name.clone()),
+                })
+            })
+            .collect();
         Ingest {
+            inbound,
             buffer,
             router,
             targets,
             limits,
             routes: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn inbound(&self, intake: Intake, target: usize) -> &InboundCounters {
+        &self.inbound[target][intake as usize]
     }
 
     pub fn buffer_full(&self) -> bool {
@@ -90,7 +120,7 @@ impl Ingest {
             lines,
             events,
             first_time,
-            chunk_id: None,
+            claim: None,
         };
         self.buffer.submit(route.target, batch).await
     }
@@ -178,10 +208,9 @@ impl Ingest {
                 &mut lines,
             )
             .map_err(IngestError::Refused)?;
-        metrics::counter!("rin_events_in_total", "intake" => "forward", "target" => target.name.clone())
-            .increment(result.events);
-        metrics::counter!("rin_bytes_in_total", "intake" => "forward", "target" => target.name.clone())
-            .increment(bytes.len() as u64);
+        let counters = self.inbound(Intake::Forward, route.target);
+        counters.events.increment(result.events);
+        counters.bytes.increment(bytes.len() as u64);
         let Some(first_time) = result.first_time else {
             // Nothing to store (only group markers): the ack is true at once.
             if let Some(g) = guard {
@@ -194,21 +223,20 @@ impl Ingest {
             lines,
             events: result.events,
             first_time,
-            chunk_id: chunk_id.clone(),
+            claim: guard,
         };
         let durable = self
             .buffer
             .submit(route.target, batch)
             .await
             .map_err(|e| refused("unavailable", e))?;
-        let (Some(id), Some(guard)) = (chunk_id, guard) else {
+        let Some(id) = chunk_id else {
             return Ok(None);
         };
         let started = std::time::Instant::now();
         Ok(Some(Box::pin(async move {
             match durable.await {
                 Ok(Ok(())) => {
-                    guard.finish(true);
                     metrics::histogram!("rin_ack_latency_seconds", "intake" => "forward")
                         .record(started.elapsed().as_secs_f64());
                     Ok(id)

@@ -25,19 +25,8 @@ pub async fn connect(r: &Redshift, sslmode: SslMode) -> Result<Client> {
         cfg.password(&r.password);
     }
     let what = r.visible_dsn();
-    let client = match sslmode {
-        SslMode::Disable => {
-            let (client, conn) = cfg
-                .connect(NoTls)
-                .await
-                .map_err(|e| anyhow!("cannot connect to {what}: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    warn!("warehouse connection closed: {e}");
-                }
-            });
-            client
-        }
+    match sslmode {
+        SslMode::Disable => open(cfg, NoTls, &what).await,
         mode => {
             cfg.ssl_mode(if mode == SslMode::Require {
                 tokio_postgres::config::SslMode::Require
@@ -45,18 +34,26 @@ pub async fn connect(r: &Redshift, sslmode: SslMode) -> Result<Client> {
                 tokio_postgres::config::SslMode::Prefer
             });
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config()?);
-            let (client, conn) = cfg
-                .connect(tls)
-                .await
-                .map_err(|e| anyhow!("cannot connect to {what}: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    warn!("warehouse connection closed: {e}");
-                }
-            });
-            client
+            open(cfg, tls, &what).await
         }
-    };
+    }
+}
+
+/// Connects and drives the connection in the background.
+async fn open<T>(cfg: tokio_postgres::Config, tls: T, what: &str) -> Result<Client>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+{
+    let (client, conn) = cfg
+        .connect(tls)
+        .await
+        .map_err(|e| anyhow!("cannot connect to {what}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            warn!("warehouse connection closed: {e}");
+        }
+    });
     Ok(client)
 }
 

@@ -508,54 +508,46 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
-/// The `$n` placeholders in `s` (greedy digits: `$10` is ten).
-fn placeholders(s: &str) -> Vec<usize> {
+/// Every `$n` in `s` as (start, end, n); digits are greedy, so `$10` is ten, never `$1` + `0`.
+fn scan_placeholders(s: &str) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
     let b = s.as_bytes();
-    let mut out = Vec::new();
     let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' {
-            let mut j = i + 1;
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
+    std::iter::from_fn(move || {
+        while i < b.len() {
+            if b[i] == b'$' {
+                let mut j = i + 1;
+                while j < b.len() && b[j].is_ascii_digit() {
+                    j += 1;
+                }
+                if j > i + 1 {
+                    let found = (i, j, s[i + 1..j].parse().unwrap_or(usize::MAX));
+                    i = j;
+                    return Some(found);
+                }
             }
-            if j > i + 1 {
-                out.push(s[i + 1..j].parse().unwrap_or(usize::MAX));
-                i = j;
-                continue;
-            }
+            i += 1;
         }
-        i += 1;
-    }
-    out
+        None
+    })
 }
 
-/// Replaces `$n` with capture n (one pass, greedy digits). Returns whether a capture was used.
+/// The `$n` placeholders in `s`.
+fn placeholders(s: &str) -> Vec<usize> {
+    scan_placeholders(s).map(|(_, _, n)| n).collect()
+}
+
+/// Replaces `$n` with capture n (one pass). Returns whether a capture was used.
 pub fn expand_placeholders(s: &str, captures: &[String]) -> (String, bool) {
-    let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut used = false;
-    let mut i = 0;
     let mut last = 0;
-    while i < b.len() {
-        if b[i] == b'$' {
-            let mut j = i + 1;
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
-            }
-            if j > i + 1 {
-                let n: usize = s[i + 1..j].parse().unwrap_or(usize::MAX);
-                out.push_str(&s[last..i]);
-                if let Some(c) = captures.get(n) {
-                    out.push_str(c);
-                }
-                used = true;
-                i = j;
-                last = j;
-                continue;
-            }
+    for (start, end, n) in scan_placeholders(s) {
+        out.push_str(&s[last..start]);
+        if let Some(c) = captures.get(n) {
+            out.push_str(c);
         }
-        i += 1;
+        used = true;
+        last = end;
     }
     out.push_str(&s[last..]);
     (out, used)

@@ -25,7 +25,7 @@
 pub mod body;
 
 use crate::config::Secret;
-use crate::intake::Ingest;
+use crate::intake::{Ingest, Intake};
 use crate::msgpack::EventTime;
 use crate::tls::{ReloadableAcceptor, TlsConfig};
 use crate::units::{ByteSize, Span};
@@ -471,9 +471,8 @@ impl State {
             };
             body_override = Some(Bytes::from(v));
         }
-        let target = self.ingest.target(route.target);
-        metrics::counter!("rin_bytes_in_total", "intake" => "http", "target" => target.name.clone())
-            .increment(wire_bytes as u64);
+        let counters = self.ingest.inbound(Intake::Http, route.target);
+        counters.bytes.increment(wire_bytes as u64);
         let state = self.clone();
         let route_for_parse = route.clone();
         let parse = move || {
@@ -490,8 +489,7 @@ impl State {
         let Some(first_time) = lines.first_time else {
             return Ok(()); // nothing to store: true at once
         };
-        metrics::counter!("rin_events_in_total", "intake" => "http", "target" => target.name.clone())
-            .increment(lines.events);
+        counters.events.increment(lines.events);
         let started = Instant::now();
         let durable = self
             .ingest
