@@ -578,6 +578,11 @@ impl Usage {
         }
     }
 
+    /// No quota: for processes without a buffer (the importer's readiness never fails on it).
+    pub fn unlimited() -> Usage {
+        Usage::new(u64::MAX)
+    }
+
     pub fn add(&self, n: u64) {
         let now = self.used.fetch_add(n, Ordering::Relaxed) + n;
         metrics::gauge!("rin_buffer_bytes").set(now as f64);

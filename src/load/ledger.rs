@@ -11,11 +11,11 @@
 //! target): the same bytes under the same key load once per target table; new content under
 //! the same key (another ETag) loads again.
 
+use super::objects::{Fetched, Source};
 use super::postgres::{self, STAGE_DDL};
 use super::redshift;
 use super::rin::{Destination, RinConfig, Warehouse, quote_ident, split_qualified};
 use anyhow::{Context, Result, anyhow};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -100,7 +100,7 @@ pub async fn ensure_ledger(client: &Client, cfg: &RinConfig) -> Result<()> {
 pub async fn load_group(
     client: &mut Client,
     cfg: &RinConfig,
-    s3: &aws_sdk_s3::Client,
+    objects: &Source,
     group: &Group,
 ) -> Result<Vec<ItemResult>> {
     let ledger = ledger_ident(cfg);
@@ -154,25 +154,15 @@ pub async fn load_group(
             for &i in &new {
                 let it = &group.items[i];
                 let what = format!("s3://{}/{}", it.bucket, it.key);
-                let mut req = s3.get_object().bucket(&it.bucket).key(&it.key);
-                if !it.version_id.is_empty() {
-                    req = req.version_id(&it.version_id);
-                } else if !it.etag.is_empty() {
-                    req = req.if_match(format!("\"{}\"", it.etag));
-                }
-                let obj = match req.send().await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        let code = e.code().unwrap_or("");
-                        if matches!(code, "NoSuchKey" | "PreconditionFailed" | "NoSuchVersion") {
-                            warn!(object = %what, code, "object gone or replaced; not loading it");
-                            results[i] = Some(ItemResult::Gone);
-                            continue;
-                        }
-                        return Err(anyhow!("GetObject {what}: {}", DisplayErrorContext(&e)));
+                let body = match objects.open(it).await? {
+                    Fetched::Body(b) => b,
+                    Fetched::Gone => {
+                        warn!(object = %what, "object gone or replaced; not loading it");
+                        results[i] = Some(ItemResult::Gone);
+                        continue;
                     }
                 };
-                let staged = postgres::stage_object(&tx, obj.body, &what).await?;
+                let staged = postgres::stage_object(&tx, body, &what).await?;
                 let rows = tx
                     .execute(&ins, &[])
                     .await
@@ -199,26 +189,17 @@ pub async fn load_group(
             }
         }
         Warehouse::Redshift if !new.is_empty() => {
-            let objects: Vec<(&str, &str)> = new
+            let listed: Vec<(&str, &str)> = new
                 .iter()
                 .map(|&i| (group.items[i].bucket.as_str(), group.items[i].key.as_str()))
                 .collect();
             let (mbucket, mprefix) = manifest_location(cfg, &target.s3.bucket);
-            let mkey = redshift::manifest_key(&mprefix, &qualified, &objects);
-            let body = redshift::manifest_json(&objects);
-            s3.put_object()
-                .bucket(&mbucket)
-                .key(&mkey)
-                .content_type("application/json")
-                .body(body.into_bytes().into())
-                .send()
+            let mkey = redshift::manifest_key(&mprefix, &qualified, &listed);
+            let body = redshift::manifest_json(&listed);
+            objects
+                .put(&mbucket, &mkey, body)
                 .await
-                .map_err(|e| {
-                    anyhow!(
-                        "PutObject manifest s3://{mbucket}/{mkey}: {}",
-                        DisplayErrorContext(&e)
-                    )
-                })?;
+                .context("writing the manifest")?;
             let url = format!("s3://{mbucket}/{mkey}");
             let args = (
                 &qualified,
@@ -230,7 +211,7 @@ pub async fn load_group(
             );
             let sql = redshift::copy_sql(args.0, args.1, args.2, args.3, args.4, args.5, false);
             let shown = redshift::copy_sql(args.0, args.1, args.2, args.3, args.4, args.5, true);
-            info!(sql = %shown, objects = objects.len(), "COPY");
+            info!(sql = %shown, objects = listed.len(), "COPY");
             tx.batch_execute(&sql)
                 .await
                 .map_err(|e| anyhow!("{shown}: {e}"))?;

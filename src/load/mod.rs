@@ -14,18 +14,19 @@
 pub mod aws;
 pub mod event;
 pub mod ledger;
+pub mod objects;
 pub mod postgres;
+pub mod queue;
 pub mod redshift;
 pub mod rin;
 pub mod sqs;
 
 use anyhow::{Context, Result, anyhow};
-use aws_sdk_s3::error::ProvideErrorMetadata;
 use event::{ParseError, Parsed};
 use ledger::{Group, Item, ItemResult};
+use queue::{Message, Queue};
 use rin::{MatchOutcome, Redshift, RinConfig, Warehouse};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,7 +36,8 @@ use tracing::{error, info, warn};
 /// Command-line options of `rin-ship import`.
 #[derive(Debug, Clone)]
 pub struct ImportArgs {
-    pub config: PathBuf,
+    /// A local path, an `http(s)://` URL or `s3://bucket/key` (as Rin's `-config`).
+    pub config: String,
     pub batch: bool,
     pub max_execution_time: Option<Duration>,
     pub dry_run: Vec<String>,
@@ -43,7 +45,7 @@ pub struct ImportArgs {
 
 /// Counters of one run (also exported as metrics), printed as JSON at exit.
 #[derive(Default)]
-struct Stats {
+pub struct Stats {
     messages: AtomicU64,
     deleted: AtomicU64,
     kept: AtomicU64,
@@ -90,7 +92,7 @@ fn record(stats: &AtomicU64, outcome: &'static str, n: u64) {
 
 /// `rin-ship import`.
 pub fn main(args: ImportArgs) -> Result<()> {
-    let cfg = RinConfig::load(&args.config)?;
+    let cfg = RinConfig::load_from(&args.config)?;
     if !args.dry_run.is_empty() {
         return dry_run(&cfg, &args.dry_run);
     }
@@ -171,14 +173,30 @@ fn dry_run(cfg: &RinConfig, keys: &[String]) -> Result<()> {
     Ok(())
 }
 
-struct Ctx {
-    cfg: Arc<RinConfig>,
-    s3: aws_sdk_s3::Client,
-    queue: sqs::Queue,
-    stats: Stats,
+/// What every load needs: the config, where objects are read, and the run's counters.
+pub struct Ctx {
+    pub cfg: Arc<RinConfig>,
+    pub objects: objects::Source,
+    pub stats: Stats,
+}
+
+/// Warehouse connections of one worker, by connection settings (targets may differ).
+#[derive(Default)]
+pub struct Conns {
+    wire: HashMap<Redshift, tokio_postgres::Client>,
 }
 
 async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
+    if !cfg.ext.metrics_bind.is_empty() {
+        let addr: std::net::SocketAddr = cfg
+            .ext
+            .metrics_bind
+            .parse()
+            .with_context(|| format!("rin_ship.metrics_bind {:?}", cfg.ext.metrics_bind))?;
+        let handle = crate::telemetry::install_metrics()?;
+        crate::telemetry::serve_ops(addr, handle, Arc::new(crate::buffer::Usage::unlimited()))
+            .await?;
+    }
     let s3 = aws::s3_client(&cfg).await;
     let sqs_client = aws::sqs_client(&cfg).await;
     let name = if cfg.ext.queue_url.is_empty() {
@@ -186,15 +204,14 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
     } else {
         cfg.ext.queue_url.clone()
     };
-    let queue = sqs::Queue::open(sqs_client, &name).await?;
-    info!(queue = %queue.url, warehouse = ?cfg.ext.warehouse, targets = cfg.targets.len(), "importer starting");
+    let queue = Queue::Sqs(sqs::Queue::open(sqs_client, &name).await?);
+    info!(queue = %queue.describe(), warehouse = ?cfg.ext.warehouse, targets = cfg.targets.len(), "importer starting");
     for t in &cfg.targets {
         info!("target {}: {}", t.index, t.describe());
     }
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
-        s3,
-        queue,
+        objects: objects::Source::S3(s3),
         stats: Stats::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -228,15 +245,29 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
             let _ = stop_tx.send(true);
         });
     }
+    let result = consume(ctx.clone(), queue, stop_rx, args.batch).await;
+    println!("{}", ctx.stats.json());
+    info!(summary = %ctx.stats.json(), "importer stopped");
+    result
+}
+
+/// Runs `rin_ship.concurrency` pollers on `queue` until `stop` (or, with `batch`, until the
+/// queue is empty). Errors only when a worker failed for good.
+pub async fn consume(
+    ctx: Arc<Ctx>,
+    queue: Queue,
+    stop: watch::Receiver<bool>,
+    batch: bool,
+) -> Result<()> {
     let fatal = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for w in 0..cfg.ext.concurrency {
+    for w in 0..ctx.cfg.ext.concurrency {
         let ctx = ctx.clone();
-        let stop = stop_rx.clone();
-        let batch = args.batch;
+        let stop = stop.clone();
+        let queue = queue.clone();
         let fatal = fatal.clone();
         workers.push(tokio::spawn(async move {
-            if let Err(e) = worker(w, ctx, stop, batch).await {
+            if let Err(e) = worker(w, ctx, queue, stop, batch).await {
                 error!(worker = w, "importer worker failed: {e:#}");
                 fatal.store(true, Ordering::Relaxed);
             }
@@ -245,8 +276,6 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
     for w in workers {
         let _ = w.await;
     }
-    println!("{}", ctx.stats.json());
-    info!(summary = %ctx.stats.json(), "importer stopped");
     if fatal.load(Ordering::Relaxed) {
         return Err(anyhow!("an importer worker failed (see the log)"));
     }
@@ -256,18 +285,19 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
 async fn worker(
     w: usize,
     ctx: Arc<Ctx>,
+    queue: Queue,
     mut stop: watch::Receiver<bool>,
     batch: bool,
 ) -> Result<()> {
     let cfg = &ctx.cfg;
-    let mut conns: HashMap<Redshift, tokio_postgres::Client> = HashMap::new();
+    let mut conns = Conns::default();
     let mut backoff = Duration::from_millis(500);
     loop {
         if *stop.borrow() {
             return Ok(());
         }
         let received = tokio::select! {
-            r = ctx.queue.receive(cfg.ext.wait_time_seconds, cfg.ext.visibility_timeout_seconds) => r,
+            r = queue.receive(cfg.ext.wait_time_seconds, cfg.ext.visibility_timeout_seconds) => r,
             _ = stop.changed() => return Ok(()),
         };
         let msgs = match received {
@@ -289,142 +319,190 @@ async fn worker(
             }
             continue;
         }
-        process(&ctx, &mut conns, msgs).await;
+        process(&ctx, &queue, &mut conns, msgs).await;
     }
 }
 
-/// Handles one received batch: parse, route, load grouped by table, delete what committed.
-async fn process(
-    ctx: &Ctx,
-    conns: &mut HashMap<Redshift, tokio_postgres::Client>,
-    msgs: Vec<aws_sdk_sqs::types::Message>,
-) {
+/// Handles one received batch: keeps it invisible while it loads, loads it, deletes what
+/// committed (or needed no load), reports what stays.
+async fn process(ctx: &Ctx, queue: &Queue, conns: &mut Conns, msgs: Vec<Message>) {
     let cfg = &ctx.cfg;
     let st = &ctx.stats;
-    st.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
-    let handles: Vec<String> = msgs
-        .iter()
-        .map(|m| m.receipt_handle.clone().unwrap_or_default())
-        .collect();
-    // Keep the batch invisible while it loads.
+    let receipts: Vec<String> = msgs.iter().map(|m| m.receipt.clone()).collect();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     let vt = cfg.ext.visibility_timeout_seconds;
     let extender = {
-        let queue = sqs::Queue {
-            client: ctx.queue.client.clone(),
-            url: ctx.queue.url.clone(),
-        };
-        let handles = handles.clone();
+        let queue = queue.clone();
+        let receipts = receipts.clone();
         tokio::spawn(async move {
             let every = Duration::from_secs((vt as u64 / 3).max(1));
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => queue.extend(&handles, vt).await,
+                    _ = tokio::time::sleep(every) => queue.extend(&receipts, vt).await,
                     _ = &mut done_rx => return,
                 }
             }
         })
     };
     let started = Instant::now();
-    let mut failed = vec![false; msgs.len()];
-    // (connection, table) -> group and, per item, the messages that carry it.
-    let mut groups: Vec<(Redshift, Group, Vec<Vec<usize>>)> = Vec::new();
+    let keep = load_messages(ctx, conns, &msgs).await;
+    let _ = done_tx.send(());
+    let _ = extender.await;
+    let mut delete = Vec::new();
     for (mi, m) in msgs.iter().enumerate() {
-        let id = m.message_id.as_deref().unwrap_or("?");
-        let body = m.body.as_deref().unwrap_or("");
-        let objects = match event::parse_body(body) {
+        if keep[mi] {
+            st.kept.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("rin_import_messages_total", "outcome" => "kept").increment(1);
+            let n = m.receive_count;
+            if n >= cfg.ext.max_receive_count_warn {
+                error!(
+                    message_id = %m.id,
+                    receive_count = n,
+                    "poison message: failed {n} times; left to the queue's redrive policy"
+                );
+            } else {
+                warn!(
+                    message_id = %m.id,
+                    receive_count = n,
+                    "message not deleted; it will be delivered again"
+                );
+            }
+        } else {
+            delete.push(receipts[mi].clone());
+        }
+    }
+    if std::env::var("RIN_SHIP_FAILPOINT").as_deref() == Ok("pause_before_delete") {
+        // Test hook: the loads committed, the messages are not deleted yet; a test kills the
+        // process here (SIGKILL) to prove the redelivery loads nothing twice.
+        warn!("failpoint pause_before_delete: loads committed, pausing before DeleteMessageBatch");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let n = queue.delete(&delete).await;
+    st.deleted.fetch_add(n as u64, Ordering::Relaxed);
+    metrics::counter!("rin_import_messages_total", "outcome" => "deleted").increment(n as u64);
+    info!(
+        messages = msgs.len(),
+        deleted = n,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "batch done"
+    );
+}
+
+/// Parses and loads every object the messages name. Returns, per message, whether it must be
+/// kept (not deleted): it could not be parsed, or a load of one of its objects failed.
+pub async fn load_messages(ctx: &Ctx, conns: &mut Conns, msgs: &[Message]) -> Vec<bool> {
+    let st = &ctx.stats;
+    st.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+    let mut keep = vec![false; msgs.len()];
+    let mut objects = Vec::new();
+    for (mi, m) in msgs.iter().enumerate() {
+        match event::parse_body(&m.body) {
             Ok(Parsed::TestEvent) => {
                 st.test_events.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("rin_import_messages_total", "outcome" => "test_event")
                     .increment(1);
-                info!(message_id = id, "s3:TestEvent: deleting");
-                continue;
+                info!(message_id = %m.id, "s3:TestEvent: deleting");
             }
-            Ok(Parsed::Objects(o)) => o,
+            Ok(Parsed::Objects(o)) => objects.extend(o.into_iter().map(|o| (o, mi, m.id.as_str()))),
             Err(e) => {
-                report_unparseable(st, id, sqs::receive_count(m), &e);
+                report_unparseable(st, &m.id, m.receive_count, &e);
+                keep[mi] = true;
+            }
+        }
+    }
+    load_objects(ctx, conns, objects, &mut keep).await;
+    keep
+}
+
+/// Routes and loads objects; `owner` indexes `failed`, which is set for each owner of an
+/// object that could not be loaded (and so must be retried).
+pub async fn load_objects(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    objects: Vec<(event::ObjectEvent, usize, &str)>,
+    failed: &mut [bool],
+) {
+    let cfg = &ctx.cfg;
+    let st = &ctx.stats;
+    // (connection, table) -> group and, per item, the owners that carry it.
+    let mut groups: Vec<(Redshift, Group, Vec<Vec<usize>>)> = Vec::new();
+    for (o, mi, id) in objects {
+        if !o.created {
+            record(&st.not_created, "not_created", 1);
+            info!(message_id = id, event = %o.event_name, key = %o.key, "not an object-created event: skipped");
+            continue;
+        }
+        match cfg.route(&o.bucket, &o.key) {
+            Err(e) => {
+                record(&st.invalid_identifier, "invalid_identifier", 1);
+                error!(
+                    message_id = id,
+                    "{e}; the message stays for the dead-letter queue"
+                );
                 failed[mi] = true;
-                continue;
             }
-        };
-        for o in objects {
-            if !o.created {
-                record(&st.not_created, "not_created", 1);
-                info!(message_id = id, event = %o.event_name, key = %o.key, "not an object-created event: skipped");
-                continue;
+            Ok(MatchOutcome::NoTarget) => {
+                record(&st.no_target, "no_target", 1);
+                info!(message_id = id, bucket = %o.bucket, key = %o.key, "no target matches: ignored");
             }
-            match cfg.route(&o.bucket, &o.key) {
-                Err(e) => {
-                    record(&st.invalid_identifier, "invalid_identifier", 1);
-                    error!(
-                        message_id = id,
-                        "{e}; the message stays for the dead-letter queue"
-                    );
-                    failed[mi] = true;
-                }
-                Ok(MatchOutcome::NoTarget) => {
-                    record(&st.no_target, "no_target", 1);
-                    info!(message_id = id, bucket = %o.bucket, key = %o.key, "no target matches: ignored");
-                }
-                Ok(MatchOutcome::Discarded) => {
-                    record(&st.discarded, "discarded", 1);
-                    info!(message_id = id, key = %o.key, "discarded by target");
-                }
-                Ok(MatchOutcome::Load(dests)) => {
-                    let mut etag = o.etag.clone();
-                    if etag.is_empty() {
-                        match head_etag(&ctx.s3, &o.bucket, &o.key).await {
-                            Ok(Some(e)) => etag = e,
-                            Ok(None) => {
-                                record(&st.gone, "gone", 1);
-                                warn!(message_id = id, key = %o.key, "object no longer exists: skipped");
-                                continue;
-                            }
-                            Err(e) => {
-                                warn!(message_id = id, "{e:#}");
-                                failed[mi] = true;
-                                continue;
-                            }
+            Ok(MatchOutcome::Discarded) => {
+                record(&st.discarded, "discarded", 1);
+                info!(message_id = id, key = %o.key, "discarded by target");
+            }
+            Ok(MatchOutcome::Load(dests)) => {
+                let mut etag = o.etag.clone();
+                if etag.is_empty() {
+                    match ctx.objects.etag(&o.bucket, &o.key).await {
+                        Ok(Some(e)) => etag = e,
+                        Ok(None) => {
+                            record(&st.gone, "gone", 1);
+                            warn!(message_id = id, key = %o.key, "object no longer exists: skipped");
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(message_id = id, "{e:#}");
+                            failed[mi] = true;
+                            continue;
                         }
                     }
-                    let item = Item {
-                        bucket: o.bucket.clone(),
-                        key: o.key.clone(),
-                        etag,
-                        version_id: o.version_id.clone(),
+                }
+                let item = Item {
+                    bucket: o.bucket.clone(),
+                    key: o.key.clone(),
+                    etag,
+                    version_id: o.version_id.clone(),
+                };
+                for d in dests {
+                    let mut conn = cfg.target(d.target).redshift.clone();
+                    conn.schema.clear();
+                    conn.table.clear();
+                    let gi = match groups
+                        .iter()
+                        .position(|(c, g, _)| *c == conn && g.dest.qualified() == d.qualified())
+                    {
+                        Some(i) => i,
+                        None => {
+                            groups.push((
+                                conn,
+                                Group {
+                                    dest: d.clone(),
+                                    items: Vec::new(),
+                                },
+                                Vec::new(),
+                            ));
+                            groups.len() - 1
+                        }
                     };
-                    for d in dests {
-                        let mut conn = cfg.target(d.target).redshift.clone();
-                        conn.schema.clear();
-                        conn.table.clear();
-                        let gi = match groups
-                            .iter()
-                            .position(|(c, g, _)| *c == conn && g.dest.qualified() == d.qualified())
-                        {
-                            Some(i) => i,
-                            None => {
-                                groups.push((
-                                    conn,
-                                    Group {
-                                        dest: d.clone(),
-                                        items: Vec::new(),
-                                    },
-                                    Vec::new(),
-                                ));
-                                groups.len() - 1
-                            }
-                        };
-                        let (_, g, owners) = &mut groups[gi];
-                        match g.items.iter().position(|x| *x == item) {
-                            Some(ii) => {
-                                // The same object twice in one batch: loaded once.
-                                owners[ii].push(mi);
-                                record(&st.duplicates, "duplicate", 1);
-                            }
-                            None => {
-                                g.items.push(item.clone());
-                                owners.push(vec![mi]);
-                            }
+                    let (_, g, owners) = &mut groups[gi];
+                    match g.items.iter().position(|x| *x == item) {
+                        Some(ii) => {
+                            // The same object twice in one batch: loaded once.
+                            owners[ii].push(mi);
+                            record(&st.duplicates, "duplicate", 1);
+                        }
+                        None => {
+                            g.items.push(item.clone());
+                            owners.push(vec![mi]);
                         }
                     }
                 }
@@ -432,8 +510,6 @@ async fn process(
         }
     }
     for (conn, group, owners) in groups {
-        // Skip loading for groups whose every message already failed? No: loading is still
-        // useful (the ledger makes the redelivery cheap), so load anyway.
         let mut pending = vec![(group, owners)];
         let mut split = false;
         while let Some((g, owners)) = pending.pop() {
@@ -477,46 +553,6 @@ async fn process(
             }
         }
     }
-    let _ = done_tx.send(());
-    let _ = extender.await;
-    let mut delete = Vec::new();
-    for (mi, m) in msgs.iter().enumerate() {
-        if failed[mi] {
-            st.kept.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("rin_import_messages_total", "outcome" => "kept").increment(1);
-            let n = sqs::receive_count(m);
-            if n >= cfg.ext.max_receive_count_warn {
-                error!(
-                    message_id = m.message_id.as_deref().unwrap_or("?"),
-                    receive_count = n,
-                    "poison message: failed {n} times; left to the queue's redrive policy"
-                );
-            } else {
-                warn!(
-                    message_id = m.message_id.as_deref().unwrap_or("?"),
-                    receive_count = n,
-                    "message not deleted; it will be delivered again"
-                );
-            }
-        } else {
-            delete.push(handles[mi].clone());
-        }
-    }
-    if std::env::var("RIN_SHIP_FAILPOINT").as_deref() == Ok("pause_before_delete") {
-        // Test hook: the loads committed, the messages are not deleted yet; a test kills the
-        // process here (SIGKILL) to prove the redelivery loads nothing twice.
-        warn!("failpoint pause_before_delete: loads committed, pausing before DeleteMessageBatch");
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
-    let n = ctx.queue.delete(&delete).await;
-    st.deleted.fetch_add(n as u64, Ordering::Relaxed);
-    metrics::counter!("rin_import_messages_total", "outcome" => "deleted").increment(n as u64);
-    info!(
-        messages = msgs.len(),
-        deleted = n,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "batch done"
-    );
 }
 
 fn report_unparseable(st: &Stats, id: &str, receive_count: i64, e: &ParseError) {
@@ -530,46 +566,29 @@ fn report_unparseable(st: &Stats, id: &str, receive_count: i64, e: &ParseError) 
     );
 }
 
-async fn head_etag(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<String>> {
-    match s3.head_object().bucket(bucket).key(key).send().await {
-        Ok(o) => Ok(Some(
-            o.e_tag.unwrap_or_default().trim_matches('"').to_string(),
-        )),
-        Err(e) => {
-            if matches!(e.code(), Some("NotFound" | "NoSuchKey"))
-                || e.raw_response().map(|r| r.status().as_u16()) == Some(404)
-            {
-                Ok(None)
-            } else {
-                Err(anyhow!(
-                    "HeadObject s3://{bucket}/{key}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ))
-            }
-        }
-    }
-}
-
+/// Loads one group on the warehouse connection `conn` describes (connecting, and creating the
+/// ledger, on first use or after the connection dropped).
 async fn load_with_conn(
     ctx: &Ctx,
-    conns: &mut HashMap<Redshift, tokio_postgres::Client>,
+    conns: &mut Conns,
     conn: &Redshift,
     g: &Group,
 ) -> Result<Vec<ItemResult>> {
-    if conns.get(conn).is_some_and(|c| c.is_closed()) {
-        conns.remove(conn);
+    let wire = &mut conns.wire;
+    if wire.get(conn).is_some_and(|c| c.is_closed()) {
+        wire.remove(conn);
     }
-    if !conns.contains_key(conn) {
+    if !wire.contains_key(conn) {
         let client = postgres::connect(conn, ctx.cfg.ext.sslmode).await?;
         ledger::ensure_ledger(&client, &ctx.cfg)
             .await
             .context("ledger")?;
-        conns.insert(conn.clone(), client);
+        wire.insert(conn.clone(), client);
     }
-    let client = conns.get_mut(conn).expect("inserted above");
-    let r = ledger::load_group(client, &ctx.cfg, &ctx.s3, g).await;
+    let client = wire.get_mut(conn).expect("inserted above");
+    let r = ledger::load_group(client, &ctx.cfg, &ctx.objects, g).await;
     if r.is_err() && client.is_closed() {
-        conns.remove(conn);
+        wire.remove(conn);
     }
     r
 }

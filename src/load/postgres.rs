@@ -155,23 +155,26 @@ const STAGE_COPY: &str =
 /// the way. Returns the number of lines staged.
 pub async fn stage_object(
     tx: &tokio_postgres::Transaction<'_>,
-    mut body: aws_sdk_s3::primitives::ByteStream,
+    mut body: super::objects::Body,
     what: &str,
 ) -> Result<u64> {
+    use tokio::io::AsyncReadExt;
     tx.batch_execute("TRUNCATE rin_ship_stage").await?;
     let sink = tx.copy_in::<_, Bytes>(STAGE_COPY).await?;
     futures::pin_mut!(sink);
     let mut decoder: Option<flate2::write::MultiGzDecoder<Vec<u8>>> = None;
     let mut first = true;
     let mut ends_with_newline = true;
-    while let Some(chunk) = body
-        .try_next()
-        .await
-        .map_err(|e| anyhow!("reading {what}: {e}"))?
-    {
-        if chunk.is_empty() {
-            continue;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = body
+            .read(&mut buf)
+            .await
+            .map_err(|e| anyhow!("reading {what}: {e}"))?;
+        if n == 0 {
+            break;
         }
+        let chunk = &buf[..n];
         if first {
             first = false;
             if chunk.len() >= 2 && chunk[0] == 0x1f && chunk[1] == 0x8b {
@@ -181,7 +184,7 @@ pub async fn stage_object(
         let out: Vec<u8> = match decoder.as_mut() {
             Some(d) => {
                 use std::io::Write;
-                d.write_all(&chunk)
+                d.write_all(chunk)
                     .with_context(|| format!("{what}: bad gzip data"))?;
                 std::mem::take(d.get_mut())
             }

@@ -10,6 +10,7 @@ use aws_sdk_sqs::types::{
 };
 use tracing::warn;
 
+#[derive(Clone)]
 pub struct Queue {
     pub client: Client,
     pub url: String,

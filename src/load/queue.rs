@@ -1,0 +1,60 @@
+//! The queue of object-created notifications the importer consumes: SQS (or an SQS-compatible
+//! server). Owns the message shape the rest of the COPY stage sees, so loading never depends on
+//! where a message came from (SQS, a Lambda event, the embedded local queue).
+
+use super::sqs;
+use anyhow::Result;
+
+/// One received notification.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    pub id: String,
+    pub body: String,
+    /// What deletes it or extends its visibility.
+    pub receipt: String,
+    /// How many times it was delivered (SQS `ApproximateReceiveCount`); 0 when unknown.
+    pub receive_count: i64,
+}
+
+#[derive(Clone)]
+pub enum Queue {
+    Sqs(sqs::Queue),
+}
+
+impl Queue {
+    /// Waits up to `wait_s` for up to 10 messages, invisible to others for `visibility_s`.
+    pub async fn receive(&self, wait_s: i32, visibility_s: i32) -> Result<Vec<Message>> {
+        match self {
+            Queue::Sqs(q) => Ok(q
+                .receive(wait_s, visibility_s)
+                .await?
+                .into_iter()
+                .map(|m| Message {
+                    receive_count: sqs::receive_count(&m),
+                    id: m.message_id.unwrap_or_default(),
+                    body: m.body.unwrap_or_default(),
+                    receipt: m.receipt_handle.unwrap_or_default(),
+                })
+                .collect()),
+        }
+    }
+
+    pub async fn extend(&self, receipts: &[String], visibility_s: i32) {
+        match self {
+            Queue::Sqs(q) => q.extend(receipts, visibility_s).await,
+        }
+    }
+
+    /// Deletes the given messages; returns how many the queue confirmed.
+    pub async fn delete(&self, receipts: &[String]) -> usize {
+        match self {
+            Queue::Sqs(q) => q.delete(receipts).await,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Queue::Sqs(q) => q.url.clone(),
+        }
+    }
+}
