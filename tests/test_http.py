@@ -436,3 +436,41 @@ def test_invalid_http_config_names_the_field(tmp_path, bad, field):
     done = subprocess.run([str(rin_ship_bin()), "check-config", "-c", str(path)],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and field in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------------------ idempotency
+
+
+def test_idempotency_key_resend_is_acked_not_stored_twice(rin):
+    """A client that lost a 200 resends with the same Idempotency-Key: 200 again, one copy,
+    also after a crash and restart (the key is journaled with the events)."""
+    r = rin()
+    body = json.dumps([{"time": T0, "n": 1}, {"time": T0, "n": 2}]).encode()
+    h = {"Content-Type": "application/json", "Idempotency-Key": "req-0001"}
+    ok(post(r, "/idem.a", body, h))
+    ok(post(r, "/idem.a", body, h))  # the resend
+    ok(post(r, "/idem.a", json.dumps({"time": T0, "n": 3}).encode(),
+            {"Content-Type": "application/json", "Idempotency-Key": "req-0002"}))
+    ok(post(r, "/idem.a", json.dumps({"time": T0, "n": 4}).encode(),
+            {"Content-Type": "application/json"}))  # no key: stored as sent
+    r.kill()  # SIGKILL: the chunk is recovered at restart, the keys with it
+    r.restart()
+    ok(post(r, "/idem.a", body, h))  # resend after the crash
+    bad = post(r, "/idem.a", body, {"Content-Type": "application/json",
+                                    "Idempotency-Key": "has space"})
+    assert bad.status_code == 400, bad.text
+    assert "Idempotency-Key" in bad.text
+    assert "rin_http_resends_deduplicated_total 1" in r.metrics()  # since the restart
+    r.terminate()
+    got = sorted(x["n"] for x in r.records())
+    assert got == [1, 2, 3, 4], got
+
+
+def test_idempotency_key_of_a_rejected_request_is_released(rin):
+    """A key whose request was not stored (400) can be used again for the fixed request."""
+    r = rin()
+    h = {"Content-Type": "application/json", "Idempotency-Key": "retry-me"}
+    assert post(r, "/idem.b", b'{"time": 1, "n": ', h).status_code == 400
+    ok(post(r, "/idem.b", json.dumps({"time": T0, "n": 1}).encode(), h))
+    r.terminate()
+    assert [x["n"] for x in r.records()] == [1]

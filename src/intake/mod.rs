@@ -6,7 +6,7 @@ pub mod decompress;
 pub mod forward;
 pub mod http;
 
-use crate::buffer::{Batch, Buffer, Claim};
+use crate::buffer::{Batch, Buffer, Claim, ClaimGuard};
 use crate::route::Router;
 use crate::transcode::{LineFormat, write_str};
 use forward::frame::{self, FrameError};
@@ -114,15 +114,31 @@ impl Ingest {
         lines: Vec<u8>,
         events: u64,
         first_time: crate::msgpack::EventTime,
+        claim: Option<ClaimGuard>,
     ) -> Result<crate::buffer::Durable, String> {
         let batch = Batch {
             partition: route.partition.clone(),
             lines,
             events,
             first_time,
-            claim: None,
+            claim,
         };
         self.buffer.submit(route.target, batch).await
+    }
+
+    /// Claims a request id (a forward `chunk` option, an HTTP `Idempotency-Key`) for storing.
+    /// `None`: a batch with this id is already durable, so the sender only needs its ack again.
+    /// Waits while another connection is storing the same id.
+    pub async fn claim(&self, id: &[u8]) -> Option<ClaimGuard> {
+        loop {
+            match self.buffer.dedupe.claim(id) {
+                Claim::New(guard) => return Some(guard),
+                Claim::Stored => return None,
+                Claim::InFlight(mut rx) => {
+                    let _ = rx.wait_for(|v| v.is_some()).await;
+                }
+            }
+        }
     }
 
     /// Routes a tag (cached); `None`: no target and no fallback.
@@ -181,17 +197,12 @@ impl Ingest {
         let chunk_id = frame.options.chunk.map(<[u8]>::to_vec);
         let guard = match &chunk_id {
             None => None,
-            Some(id) => loop {
-                match self.buffer.dedupe.claim(id) {
-                    Claim::New(guard) => break Some(guard),
-                    Claim::Stored => {
-                        metrics::counter!("rin_forward_resends_deduplicated_total").increment(1);
-                        let id = id.clone();
-                        return Ok(Some(Box::pin(async move { Ok(id) })));
-                    }
-                    Claim::InFlight(mut rx) => {
-                        let _ = rx.wait_for(|v| v.is_some()).await;
-                    }
+            Some(id) => match self.claim(id).await {
+                Some(guard) => Some(guard),
+                None => {
+                    metrics::counter!("rin_forward_resends_deduplicated_total").increment(1);
+                    let id = id.clone();
+                    return Ok(Some(Box::pin(async move { Ok(id) })));
                 }
             },
         };

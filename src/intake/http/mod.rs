@@ -331,6 +331,25 @@ where
     let _ = tokio::time::timeout(DRAIN_MAX, conn).await;
 }
 
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key` (IETF httpapi draft), namespaced apart from forward chunk
+/// ids. It is remembered with the stored events for `buffer.dedupe_window`, across restarts.
+fn idempotency_key(value: &Option<HeaderValue>) -> Result<Option<Vec<u8>>, Reject> {
+    let Some(v) = value else { return Ok(None) };
+    let bytes = v.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(Reject::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    let mut key = b"http\0".to_vec();
+    key.extend_from_slice(bytes);
+    Ok(Some(key))
+}
+
 fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -430,6 +449,7 @@ impl State {
             ));
         }
         let headers = req.headers();
+        let headers_copy = headers.get(IDEMPOTENCY_KEY).cloned();
         let encoding = body::content_encoding(header_str(headers, header::CONTENT_ENCODING))?;
         let mut kind = body::body_kind(header_str(headers, header::CONTENT_TYPE))?;
         if let Some(len) =
@@ -473,6 +493,17 @@ impl State {
         }
         let counters = self.ingest.inbound(Intake::Http, route.target);
         counters.bytes.increment(wire_bytes as u64);
+        // A client that lost our 200 resends with the same key: answer 200 again, store nothing.
+        let claim = match idempotency_key(&headers_copy)? {
+            None => None,
+            Some(key) => match self.ingest.claim(&key).await {
+                Some(guard) => Some(guard),
+                None => {
+                    metrics::counter!("rin_http_resends_deduplicated_total").increment(1);
+                    return Ok(());
+                }
+            },
+        };
         let state = self.clone();
         let route_for_parse = route.clone();
         let parse = move || {
@@ -487,13 +518,16 @@ impl State {
             parse()?
         };
         let Some(first_time) = lines.first_time else {
+            if let Some(claim) = claim {
+                claim.finish(true);
+            }
             return Ok(()); // nothing to store: true at once
         };
         counters.events.increment(lines.events);
         let started = Instant::now();
         let durable = self
             .ingest
-            .submit_lines(&route, lines.lines, lines.events, first_time)
+            .submit_lines(&route, lines.lines, lines.events, first_time, claim)
             .await
             .map_err(|e| Self::unavailable(&e))?;
         match durable.await {
