@@ -118,6 +118,10 @@ pub struct BufferConfig {
     /// How long a forward `chunk` id is remembered, so a client's resend of a chunk whose ack
     /// it missed is acked again instead of stored twice.
     pub dedupe_window: Span,
+    /// Open chunks one writer thread keeps (one per tag when the key uses `{tag}`; each holds
+    /// a compressor, about 300 KB). At the cap the oldest open chunk is sealed early, so many
+    /// distinct tags cost more, smaller objects instead of unbounded memory.
+    pub max_open_chunks: usize,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -266,6 +270,7 @@ impl Default for BufferConfig {
             compression_level: 6,
             fsync: true,
             dedupe_window: Span(Duration::from_secs(600)),
+            max_open_chunks: 32,
         }
     }
 }

@@ -124,6 +124,8 @@ impl Buffer {
                     usage: usage.clone(),
                     sealed: sealed.clone(),
                     open: HashMap::new(),
+                    max_open: config.buffer.max_open_chunks.max(1),
+                    seal_failures: Vec::new(),
                 };
                 threads.push(
                     std::thread::Builder::new()
@@ -326,6 +328,9 @@ struct ShardWriter {
     usage: Arc<Usage>,
     sealed: mpsc::UnboundedSender<Sealed>,
     open: HashMap<Arc<str>, (OpenChunk, u64)>,
+    max_open: usize,
+    /// Chunks whose seal failed in the middle of a group: their waiters must not be acked.
+    seal_failures: Vec<u64>,
 }
 
 /// Stop grouping once this many uncompressed bytes wait for one commit.
@@ -373,6 +378,7 @@ impl ShardWriter {
                     next = rx.try_recv().ok();
                 }
             }
+            failed.append(&mut self.seal_failures);
             let mut broken = Vec::new();
             for (key, (chunk, _)) in self.open.iter_mut() {
                 if !chunk.is_dirty() {
@@ -439,6 +445,19 @@ impl ShardWriter {
             self.seal(&key);
         }
         if !self.open.contains_key(&key) {
+            if self.open.len() >= self.max_open {
+                // Many partitions (tags): seal the oldest rather than hold unbounded memory.
+                let oldest = self
+                    .open
+                    .iter()
+                    .min_by_key(|(_, (c, _))| c.opened_at)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    metrics::counter!("rin_chunks_sealed_early_total", "reason" => "max_open_chunks")
+                        .increment(1);
+                    self.seal(&oldest);
+                }
+            }
             let seq = self
                 .seqs
                 .next()
@@ -489,6 +508,7 @@ impl ShardWriter {
                     chunk = seq,
                     "cannot seal chunk; it stays on disk and is recovered at the next start: {e}"
                 );
+                self.seal_failures.push(seq);
             }
         }
     }
@@ -782,5 +802,42 @@ mod tests {
             assert!(Instant::now() < deadline);
         }
         buffer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_max_open_chunks_the_oldest_open_chunk_is_sealed_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::parse(&format!("data_dir: {}\n", dir.path().display())).unwrap();
+        config.buffer.dir = dir.path().join("buffer");
+        config.buffer.shards = 1;
+        config.buffer.max_open_chunks = 2;
+        config.targets.push(crate::config::TargetConfig::default());
+        let (sealed, mut sealed_rx) = mpsc::unbounded_channel();
+        let buffer = Buffer::open(&config, &[true], sealed).unwrap();
+        for tag in ["a", "b", "c"] {
+            let batch = Batch {
+                partition: Arc::from(tag),
+                lines: format!("{{\"tag\":\"{tag}\"}}\n").into_bytes(),
+                events: 1,
+                first_time: EventTime { secs: 1, nanos: 0 },
+                claim: None,
+            };
+            let durable = buffer.submit(0, batch).await.unwrap();
+            assert_eq!(durable.await.unwrap(), Ok(()));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Opening `c` sealed `a` (the oldest); `b` and `c` are still open.
+        let (_, first) = tokio::time::timeout(Duration::from_secs(10), sealed_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*first.partition, "a");
+        assert!(sealed_rx.try_recv().is_err());
+        buffer.close().await;
+        let mut rest: Vec<String> = std::iter::from_fn(|| sealed_rx.try_recv().ok())
+            .map(|(_, c)| c.partition.to_string())
+            .collect();
+        rest.sort();
+        assert_eq!(rest, ["b", "c"]);
     }
 }
