@@ -141,3 +141,52 @@ def test_node_fluent_org_logger(rin, mode, ack):
         r.wait_records(n, timeout=20)
     r.terminate()
     assert_same_records(r.records(), expected)
+
+
+def _go_client():
+    client = ROOT / ".tools" / "go" / "fluent-go-client"
+    if not client.exists():
+        pytest.fail("Go client missing: tests/run builds it from tests/go_client/main.go with "
+                    "`apt-get install -y golang-go golang-github-fluent-fluent-logger-golang-dev`")
+    return client
+
+
+GO_MODES = {
+    # Docker's fluentd log driver defaults: Message mode, integer seconds, no ack
+    "plain": {},
+    "subsecond": {"SUBSECOND": "1"},  # EventTime ext (fluentd-sub-second-precision)
+    "ack": {"ACK": "1", "SUBSECOND": "1"},  # fluentd-request-ack: waits for {"ack": id}
+    "async": {"ASYNC": "1"},  # fluentd-async
+    "json": {"JSON": "1"},  # MarshalAsJSON: JSON frames; fluentd reads them by the first byte
+    "json_ack": {"JSON": "1", "ACK": "1"},  # JSON frames, ack answered in JSON
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", sorted(GO_MODES))
+def test_fluent_logger_golang(rin, mode):
+    """fluent-logger-golang 1.9 (Debian's package; the library inside Docker's fluentd log
+    driver) in each of its encodings."""
+    client = _go_client()
+    r = rin(TAGGED)
+    n = 200
+    env = dict(os.environ, FLUENT_PORT=str(r.port), RECORDS=str(n), T0=str(T0),
+               TAG=f"go.{mode}", **GO_MODES[mode])
+    p = subprocess.run([str(client)], env=env, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, f"go client failed ({p.returncode}): {p.stdout}\n{p.stderr}"
+    subsecond = GO_MODES[mode].get("SUBSECOND") == "1"
+    expected = [line({"i": i, "msg": f'hello "{i}"\n',
+                      "nested": {"ok": True, "list": [1, "x", None]}},
+                     T0 + i, 123456789 if subsecond else 0, tag=f"go.{mode}", tag_key="tag")
+                for i in range(n)]
+    if GO_MODES[mode].get("ACK") == "1":
+        r.kill()  # acked means durable
+        r.start()
+    else:
+        r.wait_records(n, timeout=20)
+    r.terminate()
+    got = r.records()
+    # Go randomizes map order: compare records, not key order (time and tag still lead).
+    assert all(list(x)[:2] == ["time", "tag"] for x in got), got[:3]
+    key = lambda x: json.dumps(x, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, expected))

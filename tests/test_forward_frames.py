@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import threading
@@ -410,3 +411,53 @@ def test_large_volume_multiple_objects(rin):
     by_key = r.records_by_key()
     assert len(by_key) > 3, f"seal_bytes 256KiB should give several objects, got {list(by_key)}"
     assert_same_records(r.records(), [line(rec, t) for t, rec in entries + big])
+
+
+# ------------------------------------------------------------------------------ JSON framing
+
+
+def _json_conn(r, payload: bytes, want: int = 0, timeout: float = 10.0) -> bytes:
+    import socket
+    s = socket.create_connection(("127.0.0.1", r.port), timeout=timeout)
+    s.sendall(payload)
+    got = b""
+    while len(got) < want:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    return got
+
+
+def test_json_frames_every_mode_with_json_acks(rin):
+    """fluentd's in_forward reads a connection starting with `[` or `{` as JSON frames and
+    answers acks in JSON; the frames are split across writes and separated by whitespace."""
+    r = rin({"targets": [{"name": "default", "match": ["**"], "store": "local",
+                          "tag_key": "tag"}]})
+    frames = [
+        ["j.msg", T0, {"a": 1}, {"chunk": "c1"}],                       # Message
+        ["j.fwd", [[T0, {"b": 2}], [T0 + 1.5, {"b": 3}]], {"chunk": "c2"}],  # Forward, float time
+        ["j.plain", T0, {"c": "x]}\"[{"}],                               # no ack asked
+    ]
+    payload = b"\n".join(json.dumps(f).encode() for f in frames) + b"\n"
+    acks = _json_conn(r, payload, want=len(b'{"ack":"c1"}{"ack":"c2"}'))
+    assert acks == b'{"ack":"c1"}{"ack":"c2"}', acks
+    r.terminate()
+    assert_same_records(r.records(), [
+        line({"a": 1}, T0, tag="j.msg", tag_key="tag"),
+        line({"b": 2}, T0, tag="j.fwd", tag_key="tag"),
+        line({"b": 3}, T0 + 1, 500_000_000, tag="j.fwd", tag_key="tag"),
+        line({"c": "x]}\"[{"}, T0, tag="j.plain", tag_key="tag"),
+    ])
+
+
+def test_malformed_json_frame_closes_only_its_connection(rin):
+    r = rin()
+    good = json.dumps(["j.ok", T0, {"ok": 1}, {"chunk": "g"}]).encode()
+    assert _json_conn(r, good, want=len(b'{"ack":"g"}')) == b'{"ack":"g"}'
+    bad = b'["j.bad", 1714566896, {"x": tru}, {"chunk": "b"}]'
+    assert _json_conn(r, bad, want=1) == b""  # closed, no ack
+    assert 'rin_forward_frames_rejected_total{reason="malformed"} 1' in r.metrics()
+    r.terminate()
+    assert [x.get("ok") for x in r.records()] == [1]

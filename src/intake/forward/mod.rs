@@ -7,6 +7,7 @@ pub mod frame;
 #[cfg(test)]
 mod fuzz;
 pub mod handshake;
+pub mod json;
 
 use crate::intake::{Ingest, IngestError};
 use crate::msgpack::FrameScanner;
@@ -14,6 +15,7 @@ use crate::tls::ReloadableAcceptor;
 use frame::FrameError;
 use futures::stream::{FuturesOrdered, StreamExt};
 use handshake::Security;
+use json::JsonScanner;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -241,6 +243,8 @@ impl Connection {
         }
         let mut acks: FuturesOrdered<PendingAck> = FuturesOrdered::new();
         let mut eof = false;
+        let mut framing_known = false;
+        let mut json: Option<JsonScanner> = None;
         // Set at shutdown: the deadline for reading what clients already sent.
         let mut draining: Option<Instant> = None;
         let close_reason: Option<String> = 'conn: loop {
@@ -249,11 +253,40 @@ impl Connection {
                 if acks.len() >= MAX_PENDING_ACKS {
                     break;
                 }
-                match scanner.scan(&buf[start..], self.shared.max_frame) {
+                if json.is_none() && !framing_known && start < buf.len() {
+                    // fluentd reads a connection that starts with `[` or `{` as JSON; neither
+                    // byte can start a msgpack frame.
+                    framing_known = true;
+                    if matches!(buf[start], b'[' | b'{') {
+                        json = Some(JsonScanner::default());
+                    }
+                }
+                let scanned = match json.as_mut() {
+                    None => scanner
+                        .scan(&buf[start..], self.shared.max_frame)
+                        .map_err(|e| e.to_string()),
+                    Some(js) => js.scan(&buf[start..], self.shared.max_frame),
+                };
+                match scanned {
                     Ok(Some(len)) => {
-                        let frame = &buf[start..start + len];
+                        let raw = &buf[start..start + len];
                         start += len;
                         metrics::counter!("rin_forward_bytes_total").increment(len as u64);
+                        let converted;
+                        let frame = match json {
+                            None => raw,
+                            Some(_) => match json::to_msgpack(raw) {
+                                Ok(mp) => {
+                                    converted = mp;
+                                    &converted[..]
+                                }
+                                Err(e) => {
+                                    break 'conn Some(
+                                        self.refused(FrameError::new("malformed", e)),
+                                    );
+                                }
+                            },
+                        };
                         match self.shared.ingest.forward_frame(frame).await {
                             Ok(Some(ack)) => acks.push_back(ack),
                             Ok(None) => {}
@@ -262,16 +295,14 @@ impl Connection {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        break 'conn Some(
-                            self.refused(FrameError::new("malformed", e.to_string())),
-                        );
+                        break 'conn Some(self.refused(FrameError::new("malformed", e)));
                     }
                 }
             }
             if eof {
                 if start < buf.len() && acks.len() >= MAX_PENDING_ACKS {
                     if let Some(ack) = acks.next().await
-                        && let Err(reason) = write_ack(&mut writer, ack).await
+                        && let Err(reason) = write_ack(&mut writer, ack, json.is_some()).await
                     {
                         break 'conn Some(reason);
                     }
@@ -300,7 +331,7 @@ impl Connection {
                 tokio::select! {
                     _ = self.shared.ingest.wait_for_room() => {}
                     Some(ack) = acks.next(), if !acks.is_empty() => {
-                        if let Err(reason) = write_ack(&mut writer, ack).await {
+                        if let Err(reason) = write_ack(&mut writer, ack, json.is_some()).await {
                             break 'conn Some(reason);
                         }
                     }
@@ -332,7 +363,7 @@ impl Connection {
                     }
                 }
                 Some(ack) = acks.next(), if !acks.is_empty() => {
-                    if let Err(reason) = write_ack(&mut writer, ack).await {
+                    if let Err(reason) = write_ack(&mut writer, ack, json.is_some()).await {
                         break 'conn Some(reason);
                     }
                 }
@@ -343,7 +374,7 @@ impl Connection {
         };
         // Acks of frames accepted before the end are still owed.
         while let Some(ack) = acks.next().await {
-            if write_ack(&mut writer, ack).await.is_err() {
+            if write_ack(&mut writer, ack, json.is_some()).await.is_err() {
                 break;
             }
         }
@@ -412,10 +443,15 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn write_ack<W: AsyncWrite + Unpin>(
     writer: &mut W,
     ack: Result<Vec<u8>, String>,
+    json: bool,
 ) -> Result<(), String> {
     match ack {
         Ok(chunk) => {
-            let msg = frame::ack_message(&chunk);
+            let msg = if json {
+                json::ack_message(&chunk)
+            } else {
+                frame::ack_message(&chunk)
+            };
             writer
                 .write_all(&msg)
                 .await
