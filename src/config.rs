@@ -32,6 +32,10 @@ pub struct Config {
     /// counted, logged), never dropped silently.
     pub fallback: String,
     pub metrics: MetricsConfig,
+    /// Run the loader inside `serve`: local stores notify the local queue under
+    /// `<data_dir>/queue/`, and each object is loaded into the embedded warehouse
+    /// (`<data_dir>/warehouse.db`, SQLite). Default: on without a config file, off with one.
+    pub embedded_load: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -146,7 +150,12 @@ pub struct MetricsConfig {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
     /// Objects as files under a folder: the embedded default, and handy for tests.
-    Local { dir: PathBuf },
+    Local {
+        dir: PathBuf,
+        /// `local`: announce each object on the local queue (default with `embedded_load`).
+        #[serde(default)]
+        notify: Option<NotifyConfig>,
+    },
     /// Amazon S3 or an S3-compatible server.
     S3(S3Config),
 }
@@ -181,6 +190,65 @@ pub struct S3Config {
     /// Attempts per request inside the SDK before the shipper's own backoff takes over.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Send an S3 object-created event to an SQS queue after each confirmed upload (for
+    /// buckets without S3 event notifications): `{sqs_queue_url: ...}`.
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
+}
+
+/// Where a store announces each object it confirmed, as an S3 `ObjectCreated` event
+/// (`{"Records":[...]}`), before the chunk is deleted. YAML: `local`, `none`, or a mapping
+/// `{sqs_queue_url: ..., endpoint: ..., region: ...}`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotifyConfig {
+    /// No notification.
+    Off,
+    /// The embedded local queue (`<data_dir>/queue/`), consumed by `serve`'s embedded loader.
+    Local,
+    /// An SQS queue.
+    Sqs(SqsNotifyConfig),
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SqsNotifyConfig {
+    /// `https://sqs.<region>.amazonaws.com/<account>/<name>` (or an SQS-compatible server's).
+    pub sqs_queue_url: String,
+    /// SQS endpoint; default: the queue URL's server, unless it is AWS's own (then the
+    /// region's).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Default: the one in an AWS queue URL, else the store's `region`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Static credentials; default: the store's, else the AWS credential chain.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+}
+
+impl<'de> Deserialize<'de> for NotifyConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_norway::Value;
+        const EXPECTED: &str = "expected `local`, `none` or {sqs_queue_url: ...}";
+        let v = Value::deserialize(d)?;
+        match v {
+            Value::String(s) if s == "local" => Ok(NotifyConfig::Local),
+            Value::String(s) if s == "none" => Ok(NotifyConfig::Off),
+            Value::Null => Ok(NotifyConfig::Off),
+            // Named here: inside a store (an internally tagged enum) serde's error path
+            // stops at the store.
+            Value::Mapping(_) => serde_norway::from_value(v)
+                .map(NotifyConfig::Sqs)
+                .map_err(|e| D::Error::custom(format!("notify: {e}"))),
+            Value::String(s) => Err(D::Error::custom(format!("notify: `{s}`: {EXPECTED}"))),
+            _ => Err(D::Error::custom(format!("notify: {EXPECTED}"))),
+        }
+    }
 }
 
 fn default_multipart_threshold() -> ByteSize {
@@ -237,6 +305,7 @@ impl Default for Config {
             targets: Vec::new(),
             fallback: String::new(),
             metrics: MetricsConfig::default(),
+            embedded_load: None,
         }
     }
 }
@@ -315,7 +384,7 @@ impl Config {
     /// Reads, expands and validates a config file; `None` gives the embedded defaults.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let mut config = match path {
-            None => Config::default(),
+            None => Config::embedded(&|name| std::env::var(name).ok())?,
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -346,7 +415,61 @@ impl Config {
         })
     }
 
-    fn fill_defaults(&mut self) {
+    /// The defaults `serve` runs on without a config file: the whole pipeline on this machine,
+    /// with the embedded loader (when built in) and chunks sealed after 5 s instead of 60 s,
+    /// so records sent to a fresh `rin-ship serve` are rows within seconds. A few environment
+    /// variables adjust it: `RIN_SHIP_FORWARD_BIND`, `RIN_SHIP_HTTP_BIND`,
+    /// `RIN_SHIP_METRICS_BIND` (`host:port`) and `RIN_SHIP_SEAL_AGE` (e.g. `1s`).
+    pub fn embedded(env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut c = Config {
+            embedded_load: Some(LOAD_BUILT),
+            ..Config::default()
+        };
+        c.buffer.seal_age = Span(EMBEDDED_SEAL_AGE);
+        let addr = |name: &str, into: &mut SocketAddr| -> Result<()> {
+            if let Some(v) = env(name).filter(|v| !v.is_empty()) {
+                *into = v
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("environment variable {name}={v:?}: {e}"))?;
+            }
+            Ok(())
+        };
+        addr("RIN_SHIP_FORWARD_BIND", &mut c.forward.bind)?;
+        addr("RIN_SHIP_HTTP_BIND", &mut c.http.bind)?;
+        addr("RIN_SHIP_METRICS_BIND", &mut c.metrics.bind)?;
+        if let Some(v) = env("RIN_SHIP_SEAL_AGE").filter(|v| !v.is_empty()) {
+            c.buffer.seal_age = Span(
+                crate::units::parse_duration(&v)
+                    .map_err(|e| anyhow::anyhow!("environment variable RIN_SHIP_SEAL_AGE: {e}"))?,
+            );
+        }
+        Ok(c)
+    }
+
+    /// Whether `serve` runs the embedded loader.
+    pub fn embedded_load(&self) -> bool {
+        self.embedded_load == Some(true)
+    }
+
+    /// The path of the embedded warehouse.
+    #[cfg_attr(not(all(feature = "s3", feature = "sqs")), allow(dead_code))]
+    pub fn warehouse_path(&self) -> PathBuf {
+        self.data_dir.join("warehouse.db")
+    }
+
+    /// The folder of the local queue.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.data_dir.join("queue")
+    }
+
+    /// Whether some store notifies the local queue.
+    pub fn uses_local_queue(&self) -> bool {
+        self.stores
+            .values()
+            .any(|s| s.notify() == &NotifyConfig::Local)
+    }
+
+    pub(crate) fn fill_defaults(&mut self) {
         if self.buffer.dir.as_os_str().is_empty() {
             self.buffer.dir = self.data_dir.join("buffer");
         }
@@ -359,13 +482,23 @@ impl Config {
             .entry("local".into())
             .or_insert_with(|| StoreConfig::Local {
                 dir: self.data_dir.join("objects"),
+                notify: None,
             });
         if self.targets.is_empty() {
             self.targets.push(TargetConfig::default());
         }
+        let embedded = self.embedded_load();
+        for store in self.stores.values_mut() {
+            let (notify, default) = match store {
+                StoreConfig::Local { notify, .. } if embedded => (notify, NotifyConfig::Local),
+                StoreConfig::Local { notify, .. } => (notify, NotifyConfig::Off),
+                StoreConfig::S3(s3) => (&mut s3.notify, NotifyConfig::Off),
+            };
+            notify.get_or_insert(default);
+        }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let field = |f: &str| format!("field `targets[{i}].{f}`");
@@ -431,6 +564,48 @@ impl Config {
             bail!("field `ship.concurrency`: at least 1");
         }
         for (name, store) in &self.stores {
+            let field = format!("stores.{name}.notify");
+            match (store, store.notify()) {
+                (_, NotifyConfig::Off) => {}
+                (StoreConfig::Local { .. }, NotifyConfig::Local) => {
+                    if !self.embedded_load() {
+                        bail!(
+                            "field `{field}`: `local` needs `embedded_load: true` (serve's \
+                             embedded loader is what consumes the local queue)"
+                        );
+                    }
+                }
+                (StoreConfig::Local { .. }, NotifyConfig::Sqs(_)) => bail!(
+                    "field `{field}`: a local store can only notify `local` (the embedded loader \
+                     reads its folder; `rin-ship import` reads S3)"
+                ),
+                (StoreConfig::S3(_), NotifyConfig::Local) => bail!(
+                    "field `{field}`: `local` is for local stores; an S3 store notifies an \
+                     SQS queue: {{sqs_queue_url: ...}}"
+                ),
+                (StoreConfig::S3(_), NotifyConfig::Sqs(n)) => {
+                    if !(n.sqs_queue_url.starts_with("https://")
+                        || n.sqs_queue_url.starts_with("http://"))
+                    {
+                        bail!(
+                            "field `{field}.sqs_queue_url`: `{}` is not a queue URL (https://...)",
+                            n.sqs_queue_url
+                        );
+                    }
+                    if n.access_key_id.is_some() != n.secret_access_key.is_some() {
+                        bail!(
+                            "field `{field}`: set both access_key_id and secret_access_key, \
+                             or neither"
+                        );
+                    }
+                    if cfg!(not(feature = "sqs")) {
+                        bail!(
+                            "field `{field}`: this rin-ship was built without the `sqs` \
+                             feature"
+                        );
+                    }
+                }
+            }
             if let StoreConfig::S3(s3) = store {
                 if s3.bucket.is_empty() {
                     bail!("field `stores.{name}.bucket`: must not be empty");
@@ -450,7 +625,42 @@ impl Config {
                 }
             }
         }
+        if self.embedded_load() {
+            if !LOAD_BUILT {
+                bail!(
+                    "field `embedded_load`: this rin-ship was built without the loader \
+                     (features `s3` and `sqs`)"
+                );
+            }
+            let loads = self.targets.iter().any(|t| {
+                matches!(&self.stores[&t.store], StoreConfig::Local { notify, .. }
+                    if notify.as_ref() == Some(&NotifyConfig::Local))
+            });
+            if !loads {
+                bail!(
+                    "field `embedded_load`: no target ships to a local store that notifies \
+                     `local`, so the embedded warehouse would stay empty"
+                );
+            }
+        }
         Ok(())
+    }
+}
+
+/// Whether the loader (the `load` module: features `s3` and `sqs`) is built in.
+pub const LOAD_BUILT: bool = cfg!(all(feature = "s3", feature = "sqs"));
+
+/// `buffer.seal_age` without a config file (see [`Config::embedded`]).
+pub const EMBEDDED_SEAL_AGE: Duration = Duration::from_secs(5);
+
+impl StoreConfig {
+    /// The store's notification (after defaults: `Off` when unset).
+    pub fn notify(&self) -> &NotifyConfig {
+        let n = match self {
+            StoreConfig::Local { notify, .. } => notify,
+            StoreConfig::S3(s3) => &s3.notify,
+        };
+        n.as_ref().unwrap_or(&NotifyConfig::Off)
     }
 }
 
@@ -578,5 +788,99 @@ mod tests {
             msg.contains("targets[0].key") && msg.contains("{seq}"),
             "{msg}"
         );
+    }
+
+    fn checked(yaml: &str) -> Result<Config> {
+        let mut c = Config::parse(yaml)?;
+        c.fill_defaults();
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn err(yaml: &str) -> String {
+        format!("{:#}", checked(yaml).unwrap_err())
+    }
+
+    const S3: &str = "stores:\n  s3:\n    type: s3\n    bucket: b\n";
+
+    #[test]
+    fn notify_settings() {
+        // With a file, embedded_load is off and nothing notifies by default.
+        let c = checked("").unwrap();
+        assert!(!c.embedded_load() && !c.uses_local_queue());
+        // embedded_load: the local store notifies the local queue.
+        let c = checked("embedded_load: true\n").unwrap();
+        assert_eq!(c.stores["local"].notify(), &NotifyConfig::Local);
+        assert!(c.uses_local_queue());
+        let c = checked(&format!(
+            "{S3}    notify: {{sqs_queue_url: 'http://127.0.0.1:5000/123/q', region: eu-west-1}}\n"
+        ))
+        .unwrap();
+        let NotifyConfig::Sqs(n) = c.stores["s3"].notify() else {
+            panic!("not sqs")
+        };
+        assert_eq!(n.region.as_deref(), Some("eu-west-1"));
+        assert!(
+            err("stores: {s3: {type: s3, bucket: b, notify: local}}\n")
+                .contains("stores.s3.notify")
+        );
+        assert!(
+            err("embedded_load: false\nstores: {local: {type: local, dir: x, notify: local}}\n")
+                .contains("embedded_load: true")
+        );
+        let e = err(&format!("{S3}    notify: {{sqs_queue_url: q}}\n"));
+        assert!(e.contains("stores.s3.notify.sqs_queue_url"), "{e}");
+        let e = err(&format!(
+            "{S3}    notify: {{sqs_queue_url: 'https://q', colour: red}}\n"
+        ));
+        assert!(
+            e.contains("stores.s3`: notify:") && e.contains("colour"),
+            "{e}"
+        );
+        let e = err(&format!("{S3}    notify: sqs\n"));
+        assert!(
+            e.contains("stores.s3`: notify:") && e.contains("`sqs`"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "embedded_load: true\n{S3}targets: [{{name: a, match: ['**'], store: s3}}]\n"
+        ));
+        assert!(
+            e.contains("embedded_load") && e.contains("local store"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn embedded_defaults_and_environment() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let c = Config::embedded(&env(&[])).unwrap();
+        assert_eq!(c.embedded_load, Some(LOAD_BUILT));
+        assert_eq!(c.buffer.seal_age.0, EMBEDDED_SEAL_AGE);
+        assert_eq!(c.forward.bind.port(), 24224);
+        let c = Config::embedded(&env(&[
+            ("RIN_SHIP_FORWARD_BIND", "127.0.0.1:1"),
+            ("RIN_SHIP_HTTP_BIND", "127.0.0.1:2"),
+            ("RIN_SHIP_METRICS_BIND", "127.0.0.1:3"),
+            ("RIN_SHIP_SEAL_AGE", "1s"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                c.forward.bind.port(),
+                c.http.bind.port(),
+                c.metrics.bind.port()
+            ),
+            (1, 2, 3)
+        );
+        assert_eq!(c.buffer.seal_age.0, Duration::from_secs(1));
+        let e = Config::embedded(&env(&[("RIN_SHIP_HTTP_BIND", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("RIN_SHIP_HTTP_BIND"), "{e}");
     }
 }

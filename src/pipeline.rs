@@ -1,11 +1,14 @@
-//! `rin-ship serve`: wires the stages together (intake -> buffer -> ship), runs them, and
-//! shuts them down in order on SIGTERM/SIGINT: stop accepting, answer owed acks, seal every
-//! chunk, upload within the deadline, exit. What is not uploaded stays on disk for next start.
+//! `rin-ship serve`: wires the stages together (intake -> buffer -> ship [-> local queue ->
+//! embedded loader]), runs them, and shuts them down in order on SIGTERM/SIGINT: stop
+//! accepting, answer owed acks, seal every chunk, upload within the deadline, load what was
+//! queued within the same deadline, exit. What is not uploaded stays on disk, and what is not
+//! loaded stays queued, for the next start.
 
 use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::intake::forward::ForwardServer;
 use crate::intake::{Ingest, TargetFormat};
+use crate::queue_local::LocalQueue;
 use crate::route::Router;
 use crate::ship::Shipper;
 use crate::ship::key::KeyTemplate;
@@ -31,9 +34,25 @@ pub async fn serve(config: Config) -> Result<()> {
         .map(|t| KeyTemplate::parse(&t.key).map(|k| k.uses_tag()))
         .collect::<Result<_, _>>()
         .map_err(anyhow::Error::msg)?;
+    // Opened before the shipper (which notifies it) and the loader (which consumes it);
+    // returns what a previous process left in flight to the queue.
+    let local_queue = if config.uses_local_queue() {
+        Some(LocalQueue::open(&config.queue_dir())?)
+    } else {
+        None
+    };
+    let embedded = start_embedded(&config, local_queue.as_ref()).await?;
     let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
     let buffer = Arc::new(Buffer::open(&config, &partition_by_tag, sealed_tx)?);
-    let shipper = Arc::new(Shipper::new(&config, node.clone(), buffer.usage.clone()).await?);
+    let shipper = Arc::new(
+        Shipper::new(
+            &config,
+            node.clone(),
+            buffer.usage.clone(),
+            local_queue.as_ref(),
+        )
+        .await?,
+    );
     let shipping = tokio::spawn(shipper.run(sealed_rx));
 
     if config.metrics.enabled {
@@ -121,6 +140,7 @@ pub async fn serve(config: Config) -> Result<()> {
     buffer.close().await;
     drop(ingest);
     let deadline = config.ship.shutdown_timeout.0;
+    let deadline_at = std::time::Instant::now() + deadline;
     match tokio::time::timeout(deadline, shipping).await {
         Ok(_) => info!("all sealed chunks uploaded; bye"),
         Err(_) => warn!(
@@ -128,7 +148,42 @@ pub async fn serve(config: Config) -> Result<()> {
             "shutdown deadline of {deadline:?} reached with chunks not uploaded; they stay on disk and ship at the next start"
         ),
     }
+    stop_embedded(embedded, deadline_at).await;
     Ok(())
+}
+
+#[cfg(all(feature = "s3", feature = "sqs"))]
+type Embedded = crate::load::embedded::Embedded;
+#[cfg(not(all(feature = "s3", feature = "sqs")))]
+type Embedded = std::convert::Infallible;
+
+/// The in-process loader, when `embedded_load` is on (validation refuses it where the loader
+/// is not built in).
+async fn start_embedded(config: &Config, queue: Option<&LocalQueue>) -> Result<Option<Embedded>> {
+    if !config.embedded_load() {
+        return Ok(None);
+    }
+    let queue = queue
+        .cloned()
+        .context("embedded_load: no store notifies the local queue")?;
+    #[cfg(all(feature = "s3", feature = "sqs"))]
+    return Ok(Some(crate::load::embedded::start(config, queue).await?));
+    #[cfg(not(all(feature = "s3", feature = "sqs")))]
+    {
+        drop(queue);
+        anyhow::bail!(
+            "embedded_load: this rin-ship was built without the loader (features s3, sqs)"
+        )
+    }
+}
+
+async fn stop_embedded(embedded: Option<Embedded>, deadline: std::time::Instant) {
+    #[cfg(all(feature = "s3", feature = "sqs"))]
+    if let Some(e) = embedded {
+        e.shutdown(deadline).await;
+    }
+    #[cfg(not(all(feature = "s3", feature = "sqs")))]
+    let _ = (embedded, deadline);
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -12,9 +12,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RIN_SHIP_LOG")
+/// Logs to stderr, filtered by `RIN_SHIP_LOG` (default `info`); `debug` (import's `--debug`,
+/// Rin's `-debug`) adds `rin_ship=debug`: rin-ship's own debug logs, not its libraries'.
+pub fn init_logging(debug: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("RIN_SHIP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if debug {
+        filter = filter.add_directive("rin_ship=debug".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

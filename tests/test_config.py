@@ -167,3 +167,64 @@ def test_example_configs_are_valid(example):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, f"{example}: {done.stderr}"
     assert "config ok" in done.stdout
+
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_kubernetes_sidecar_config_is_valid(tmp_path):
+    """The rin-ship config inside examples/kubernetes/sidecar.yaml's ConfigMap passes
+    `rin-ship check-config`, and the pod's grace period covers ship.shutdown_timeout."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "kubernetes" / "sidecar.yaml").read_text())
+            if d]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    text = cm["data"]["rin-ship.yaml"]
+    path = tmp_path / "rin-ship.yaml"
+    path.write_text(text)
+    done = subprocess.run([str(rin_ship_bin()), "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, f"sidecar.yaml ConfigMap: {done.stderr}"
+    assert "config ok: 2 target(s)" in done.stdout, done.stdout
+
+    conf = yaml.safe_load(text)
+    shutdown = int(conf["ship"]["shutdown_timeout"].rstrip("s"))
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > shutdown + 5, pod
+    sidecar = next(c for c in pod["initContainers"] if c["name"] == "rin-ship")
+    assert sidecar["restartPolicy"] == "Always"
+    port = int(conf["metrics"]["bind"].rsplit(":", 1)[1])
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    mounts = {m["mountPath"] for m in sidecar["volumeMounts"]}
+    assert conf["data_dir"] in mounts, mounts
+
+
+def test_aws_example(tmp_path):
+    """examples/aws: every JSON document parses (including the JSON strings inside SQS
+    attributes), and rin.yaml loads in `rin-ship import --dry-run` with IAM_ROLE COPYs."""
+    import json
+    import os
+
+    for f in sorted((EXAMPLES / "aws").glob("*.json")):
+        doc = json.loads(f.read_text())
+        for v in doc.values():
+            if isinstance(v, str) and v.startswith("{"):
+                json.loads(v)
+    env = dict(os.environ, REDSHIFT_PASSWORD="not-a-real-password")
+    done = subprocess.run(
+        [str(rin_ship_bin()), "import", "--config", str(EXAMPLES / "aws" / "rin.yaml"),
+         "--dry-run", "logs/access/dt=2026-01-01/hour=00/web-1-0000000001.json.gz",
+         "logs/app/dt=2026-01-01/hour=00/web-1-0000000002.json.gz",
+         "logs/by-table/web/errors/a.json.gz"],
+        capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "not-a-real-password" not in out + done.stderr
+    assert '=> target 0 "public"."access_log"' in out, out
+    assert '=> target 1 "public"."app_log"' in out, out
+    assert '=> target 2 "web"."errors"' in out, out
+    assert ("IAM_ROLE 'arn:aws:iam::123456789012:role/rin-ship-redshift-copy' MANIFEST "
+            "REGION 'ap-northeast-1' JSON 'auto' GZIP") in out, out
+    assert "s3://my-log-bucket/rin-ship/manifests/" in out, out

@@ -12,13 +12,23 @@
 //! than as a validated, quoted identifier; print a secret.
 
 pub mod aws;
+pub mod backfill;
+#[cfg(feature = "redshift")]
+pub mod dataapi;
+pub mod embedded;
 pub mod event;
+#[cfg(feature = "redshift")]
+pub mod iam;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod ledger;
+pub mod maintain;
 pub mod objects;
 pub mod postgres;
 pub mod queue;
 pub mod redshift;
 pub mod rin;
+pub mod sqlite;
 pub mod sqs;
 
 use anyhow::{Context, Result, anyhow};
@@ -60,7 +70,15 @@ pub struct Stats {
     not_created: AtomicU64,
     invalid_identifier: AtomicU64,
     failed_loads: AtomicU64,
+    /// Objects with a data error, put in quarantine (their messages deleted).
+    quarantined: AtomicU64,
+    /// In-process retries of loads that failed with a transient error.
+    retried: AtomicU64,
 }
+
+/// In-process retries of a group after a transient error (backoff 1 s, 2 s; the message's
+/// visibility is extended meanwhile), before its messages are left for redelivery.
+const LOAD_RETRIES: u32 = 2;
 
 impl Stats {
     fn json(&self) -> String {
@@ -80,6 +98,8 @@ impl Stats {
             "not_created": g(&self.not_created),
             "invalid_identifier": g(&self.invalid_identifier),
             "failed_loads": g(&self.failed_loads),
+            "quarantined": g(&self.quarantined),
+            "retried": g(&self.retried),
         })
         .to_string()
     }
@@ -180,10 +200,23 @@ pub struct Ctx {
     pub stats: Stats,
 }
 
+/// A [`Ctx`] reading objects from S3 (or the configured S3-compatible endpoint), for loading
+/// outside `run`: `rin-ship backfill`, the Lambda handler.
+pub async fn context(cfg: Arc<RinConfig>) -> Ctx {
+    let s3 = aws::s3_client(&cfg).await;
+    Ctx {
+        cfg,
+        objects: objects::Source::S3(s3),
+        stats: Stats::default(),
+    }
+}
+
 /// Warehouse connections of one worker, by connection settings (targets may differ).
 #[derive(Default)]
 pub struct Conns {
     wire: HashMap<Redshift, tokio_postgres::Client>,
+    /// `driver: sqlite` (the embedded warehouse), by the same key.
+    sqlite: HashMap<Redshift, sqlite::Db>,
 }
 
 async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
@@ -197,7 +230,6 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
         crate::telemetry::serve_ops(addr, handle, Arc::new(crate::buffer::Usage::unlimited()))
             .await?;
     }
-    let s3 = aws::s3_client(&cfg).await;
     let sqs_client = aws::sqs_client(&cfg).await;
     let name = if cfg.ext.queue_url.is_empty() {
         cfg.queue_name.clone()
@@ -209,11 +241,7 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
     for t in &cfg.targets {
         info!("target {}: {}", t.index, t.describe());
     }
-    let ctx = Arc::new(Ctx {
-        cfg: cfg.clone(),
-        objects: objects::Source::S3(s3),
-        stats: Stats::default(),
-    });
+    let ctx = Arc::new(context(cfg.clone()).await);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     {
@@ -245,7 +273,11 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
             let _ = stop_tx.send(true);
         });
     }
+    // Returns at once unless rin_ship.maintenance.enabled_in_import is set.
+    let maintenance = tokio::spawn(maintain::run_in_background(cfg.clone(), stop_rx.clone()));
     let result = consume(ctx.clone(), queue, stop_rx, args.batch).await;
+    let _ = stop_tx.send(true); // with --batch nothing else stops maintenance
+    let _ = maintenance.await;
     println!("{}", ctx.stats.json());
     info!(summary = %ctx.stats.json(), "importer stopped");
     result
@@ -512,6 +544,7 @@ pub async fn load_objects(
     for (conn, group, owners) in groups {
         let mut pending = vec![(group, owners)];
         let mut split = false;
+        let mut retries = 0;
         while let Some((g, owners)) = pending.pop() {
             match load_with_conn(ctx, conns, &conn, &g).await {
                 Ok(results) => {
@@ -530,11 +563,89 @@ pub async fn load_objects(
                     }
                 }
                 Err(e) => {
-                    error!(table = %g.dest.qualified(), objects = g.items.len(), "load failed: {e:#}");
+                    let kind = ledger::classify(&e);
+                    metrics::counter!("rin_import_load_errors_total", "kind" => kind.label())
+                        .increment(1);
+                    error!(table = %g.dest.qualified(), objects = g.items.len(), kind = kind.label(), "load failed: {e:#}");
+                    let f = ledger::failure(&e);
+                    for d in f.map(|f| f.details.as_slice()).unwrap_or_default() {
+                        error!(
+                            table = %g.dest.qualified(),
+                            object = %d.url,
+                            line = d.line,
+                            column = d.column.as_deref().unwrap_or(""),
+                            reason = %d.reason,
+                            "load error"
+                        );
+                    }
+                    if kind == ledger::ErrorKind::Transient {
+                        if retries < LOAD_RETRIES {
+                            retries += 1;
+                            st.retried.fetch_add(1, Ordering::Relaxed);
+                            let wait = Duration::from_millis(1000 << (retries - 1))
+                                .mul_f64(1.0 + rand::random::<f64>() / 4.0);
+                            warn!(table = %g.dest.qualified(), retry = retries, "transient load error: retrying in {wait:?}");
+                            tokio::time::sleep(wait).await;
+                            pending.push((g, owners));
+                            continue;
+                        }
+                        // Splitting cannot help: the message is delivered again later.
+                        record(&st.failed_loads, "failed", g.items.len() as u64);
+                        for o in owners.iter().flatten() {
+                            failed[*o] = true;
+                        }
+                        continue;
+                    }
+                    if kind == ledger::ErrorKind::Data
+                        && ctx.cfg.ext.quarantine
+                        && let Some(f) = f
+                    {
+                        // The objects at fault go to quarantine (their messages are deleted,
+                        // unless another record of theirs fails); the others load together.
+                        let bad: Vec<usize> = if f.items.is_empty() && g.items.len() == 1 {
+                            vec![0]
+                        } else {
+                            f.items.clone()
+                        };
+                        if !bad.is_empty() {
+                            let mut rest = Group {
+                                dest: g.dest.clone(),
+                                items: Vec::new(),
+                            };
+                            let mut rest_owners = Vec::new();
+                            for (ii, (it, o)) in g.items.iter().zip(&owners).enumerate() {
+                                if !bad.contains(&ii) {
+                                    rest.items.push(it.clone());
+                                    rest_owners.push(o.clone());
+                                    continue;
+                                }
+                                match ledger::quarantine(&ctx.objects, cfg, &g.dest, it, f).await {
+                                    Ok(url) => {
+                                        record(&st.quarantined, "quarantined", 1);
+                                        metrics::counter!("rin_import_quarantined_total")
+                                            .increment(1);
+                                        error!(table = %g.dest.qualified(), object = %it.url(), record = %url, "data error: object quarantined; its message is deleted");
+                                    }
+                                    Err(qe) => {
+                                        error!(object = %it.url(), "cannot quarantine: {qe:#}; the message stays");
+                                        record(&st.failed_loads, "failed", 1);
+                                        for mi in o {
+                                            failed[*mi] = true;
+                                        }
+                                    }
+                                }
+                            }
+                            if !rest.items.is_empty() {
+                                pending.push((rest, rest_owners));
+                            }
+                            continue;
+                        }
+                    }
                     if g.items.len() > 1 && !split {
-                        // One bad object must not hold its batch-mates back: load one by one.
+                        // One bad object must not hold its batch-mates back: load one by one
+                        // (in their order: the keyed insert modes care).
                         split = true;
-                        for (it, o) in g.items.into_iter().zip(owners) {
+                        for (it, o) in g.items.into_iter().zip(owners).rev() {
                             pending.push((
                                 Group {
                                     dest: g.dest.clone(),
@@ -574,6 +685,9 @@ async fn load_with_conn(
     conn: &Redshift,
     g: &Group,
 ) -> Result<Vec<ItemResult>> {
+    if conn.driver == "sqlite" {
+        return sqlite::load(&ctx.cfg, &ctx.objects, &mut conns.sqlite, conn, g).await;
+    }
     let wire = &mut conns.wire;
     if wire.get(conn).is_some_and(|c| c.is_closed()) {
         wire.remove(conn);

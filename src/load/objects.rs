@@ -18,12 +18,24 @@ pub enum Fetched {
 
 pub enum Source {
     S3(aws_sdk_s3::Client),
+    /// `rin-ship serve`'s local stores: bucket (the store's name) -> folder. ETags are
+    /// [`crate::ship::local::digest`]s of the file.
+    Local(std::collections::BTreeMap<String, std::path::PathBuf>),
 }
 
 impl Source {
     /// The object's current ETag (without quotes), or `None` when it no longer exists.
     pub async fn etag(&self, bucket: &str, key: &str) -> Result<Option<String>> {
         match self {
+            Source::Local(dirs) => {
+                let path = local_path(dirs, bucket, key)?;
+                tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+                    Ok(f) => Ok(Some(crate::ship::local::digest(f)?)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(anyhow!("{}: {e}", path.display())),
+                })
+                .await?
+            }
             Source::S3(s3) => match s3.head_object().bucket(bucket).key(key).send().await {
                 Ok(o) => Ok(Some(
                     o.e_tag.unwrap_or_default().trim_matches('"').to_string(),
@@ -47,6 +59,30 @@ impl Source {
     /// Opens exactly the version the event named (by version id, else by ETag).
     pub async fn open(&self, it: &Item) -> Result<Fetched> {
         match self {
+            Source::Local(dirs) => {
+                let path = local_path(dirs, &it.bucket, &it.key)?;
+                let etag = it.etag.clone();
+                // Digest and bytes from the same descriptor: a file renamed over the key
+                // meanwhile cannot mix in.
+                let file = tokio::task::spawn_blocking(move || -> Result<Option<std::fs::File>> {
+                    use std::io::Seek;
+                    let mut f = match std::fs::File::open(&path) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(anyhow!("{}: {e}", path.display())),
+                    };
+                    if !etag.is_empty() && crate::ship::local::digest(&mut f)? != etag {
+                        return Ok(None);
+                    }
+                    f.rewind()?;
+                    Ok(Some(f))
+                })
+                .await??;
+                Ok(match file {
+                    Some(f) => Fetched::Body(Box::new(tokio::fs::File::from_std(f))),
+                    None => Fetched::Gone,
+                })
+            }
             Source::S3(s3) => {
                 let mut req = s3.get_object().bucket(&it.bucket).key(&it.key);
                 if !it.version_id.is_empty() {
@@ -77,6 +113,9 @@ impl Source {
     /// Writes a (small) object, such as a COPY manifest.
     pub async fn put(&self, bucket: &str, key: &str, body: String) -> Result<()> {
         match self {
+            Source::Local(_) => Err(anyhow!(
+                "cannot write s3://{bucket}/{key}: local objects take no manifests"
+            )),
             Source::S3(s3) => s3
                 .put_object()
                 .bucket(bucket)
@@ -89,4 +128,24 @@ impl Source {
                 .map_err(|e| anyhow!("PutObject s3://{bucket}/{key}: {}", DisplayErrorContext(&e))),
         }
     }
+}
+
+/// The file of a local object; the key must stay inside its folder.
+fn local_path(
+    dirs: &std::collections::BTreeMap<String, std::path::PathBuf>,
+    bucket: &str,
+    key: &str,
+) -> Result<std::path::PathBuf> {
+    let dir = dirs
+        .get(bucket)
+        .ok_or_else(|| anyhow!("no local store named {bucket:?}"))?;
+    if key.is_empty()
+        || key.contains('\0')
+        || key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(anyhow!("object key {key:?} is not a plain relative path"));
+    }
+    Ok(dir.join(key))
 }

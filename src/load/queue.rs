@@ -19,6 +19,8 @@ pub struct Message {
 #[derive(Clone)]
 pub enum Queue {
     Sqs(sqs::Queue),
+    /// `rin-ship serve`'s embedded queue (`<data_dir>/queue/`).
+    Local(crate::queue_local::LocalQueue),
 }
 
 impl Queue {
@@ -36,12 +38,24 @@ impl Queue {
                     receipt: m.receipt_handle.unwrap_or_default(),
                 })
                 .collect()),
+            Queue::Local(q) => Ok(q
+                .receive(secs(wait_s), secs(visibility_s))
+                .await?
+                .into_iter()
+                .map(|m| Message {
+                    id: m.id,
+                    body: m.body,
+                    receipt: m.receipt,
+                    receive_count: m.receive_count,
+                })
+                .collect()),
         }
     }
 
     pub async fn extend(&self, receipts: &[String], visibility_s: i32) {
         match self {
             Queue::Sqs(q) => q.extend(receipts, visibility_s).await,
+            Queue::Local(q) => q.extend(receipts, secs(visibility_s)),
         }
     }
 
@@ -49,12 +63,18 @@ impl Queue {
     pub async fn delete(&self, receipts: &[String]) -> usize {
         match self {
             Queue::Sqs(q) => q.delete(receipts).await,
+            Queue::Local(q) => q.delete(receipts).await,
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Queue::Sqs(q) => q.url.clone(),
+            Queue::Local(q) => q.describe(),
         }
     }
+}
+
+fn secs(s: i32) -> std::time::Duration {
+    std::time::Duration::from_secs(s.max(0) as u64)
 }

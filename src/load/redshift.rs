@@ -2,7 +2,9 @@
 //! key, which Redshift treats as a prefix) and the manifest itself. Rendering is pure so it is
 //! golden-tested; secrets are replaced by `****` in every rendering meant for people.
 
-use super::rin::{Authorization, Credentials, quote_literal};
+use super::rin::{
+    Authorization, Credentials, InsertMode, RinConfig, Target, quote_ident, quote_literal,
+};
 use serde::Serialize;
 
 /// The comment every COPY starts with: a client that sees a leading `COPY` may switch to the
@@ -108,6 +110,188 @@ pub fn copy_sql(
         s.push_str(opt);
     }
     s
+}
+
+/// Everything the statements loading one manifest into one table depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadPlan<'a> {
+    /// `"schema"."table"`, quoted ([`super::rin::Destination::qualified`]).
+    pub table: &'a str,
+    pub manifest_url: &'a str,
+    pub credentials: &'a Credentials,
+    pub authorization: Authorization,
+    pub region: &'a str,
+    pub sql_option: &'a str,
+    pub mode: InsertMode,
+    /// Plain identifiers (validated at config load); used by the keyed modes only.
+    pub key_columns: &'a [String],
+    /// A plain identifier; required by the keyed modes on Redshift (validated at load).
+    pub order_column: &'a str,
+}
+
+impl<'a> LoadPlan<'a> {
+    /// The plan of `target` (its region, `sql_option` and insert mode) for one manifest.
+    pub fn new(
+        cfg: &'a RinConfig,
+        target: &'a Target,
+        table: &'a str,
+        manifest_url: &'a str,
+    ) -> LoadPlan<'a> {
+        LoadPlan {
+            table,
+            manifest_url,
+            credentials: &cfg.credentials,
+            authorization: cfg.ext.authorization,
+            region: &target.s3.region,
+            sql_option: &target.sql_option,
+            mode: target.insert_mode,
+            key_columns: &target.key_columns,
+            order_column: &target.order_column,
+        }
+    }
+
+    /// The index, in [`load_statements`], of the statement whose row count is the number of
+    /// rows written to the table (the COPY, or the keyed modes' `INSERT`).
+    pub fn rows_statement(&self) -> usize {
+        match self.mode {
+            InsertMode::Append => 0,
+            InsertMode::Truncate => 1,
+            InsertMode::KeepExisting | InsertMode::OverwriteExisting => 3,
+        }
+    }
+}
+
+/// The temporary table the keyed modes COPY into (dropped by the last statement).
+pub const STAGE: &str = "rin_ship_stage";
+
+/// The statements that load the manifest into the table in the plan's insert mode: what runs
+/// inside the ledger transaction, between the ledger's LOCK + check and its INSERT. None
+/// commits implicitly (so no `TRUNCATE`). With `masked`, secrets are `****`.
+///
+/// - `APPEND`: `COPY table`.
+/// - `TRUNCATE`: `DELETE FROM table`; `COPY table`.
+/// - `KEEP_EXISTING` / `OVERWRITE_EXISTING`: `CREATE TEMP TABLE rin_ship_stage (LIKE table
+///   INCLUDING DEFAULTS)`; `COPY rin_ship_stage`; then `DELETE FROM rin_ship_stage USING
+///   table` (keep: staged rows whose key the table has go) or `DELETE FROM table USING
+///   rin_ship_stage` (overwrite: the table's rows with a staged key go); `INSERT INTO table
+///   SELECT s.* FROM rin_ship_stage s QUALIFY ROW_NUMBER() OVER (PARTITION BY keys ORDER BY
+///   order_column ...) = 1 OR <a key is NULL>` (one row per key: the highest `order_column`
+///   for overwrite, the lowest for keep; NULL orders lose; rows with a NULL key never match
+///   and are all inserted); `DROP TABLE rin_ship_stage`.
+pub fn load_statements(plan: &LoadPlan, masked: bool) -> Vec<String> {
+    let copy = |table: &str| {
+        copy_sql(
+            table,
+            plan.manifest_url,
+            plan.credentials,
+            plan.authorization,
+            plan.region,
+            plan.sql_option,
+            masked,
+        )
+    };
+    let t = plan.table;
+    match plan.mode {
+        InsertMode::Append => vec![copy(t)],
+        InsertMode::Truncate => vec![format!("DELETE FROM {t}"), copy(t)],
+        InsertMode::KeepExisting | InsertMode::OverwriteExisting => {
+            let keys: Vec<String> = plan.key_columns.iter().map(|k| quote_ident(k)).collect();
+            let matches = keys
+                .iter()
+                .map(|k| format!("{t}.{k} = {STAGE}.{k}"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let keep = plan.mode == InsertMode::KeepExisting;
+            let delete = if keep {
+                format!("DELETE FROM {STAGE} USING {t} WHERE {matches}")
+            } else {
+                format!("DELETE FROM {t} USING {STAGE} WHERE {matches}")
+            };
+            let partition = keys
+                .iter()
+                .map(|k| format!("s.{k}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let order = format!(
+                "s.{} {} NULLS LAST",
+                quote_ident(plan.order_column),
+                if keep { "ASC" } else { "DESC" }
+            );
+            let null_keys: String = keys.iter().map(|k| format!(" OR s.{k} IS NULL")).collect();
+            vec![
+                format!("CREATE TEMP TABLE {STAGE} (LIKE {t} INCLUDING DEFAULTS)"),
+                copy(STAGE),
+                delete,
+                format!(
+                    "INSERT INTO {t} SELECT s.* FROM {STAGE} s QUALIFY ROW_NUMBER() OVER \
+                     (PARTITION BY {partition} ORDER BY {order}) = 1{null_keys}"
+                ),
+                format!("DROP TABLE {STAGE}"),
+            ]
+        }
+    }
+}
+
+/// One row of `SYS_LOAD_ERROR_DETAIL` / `STL_LOAD_ERRORS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadErrorRow {
+    /// The object's `s3://` URL (Redshift keeps at most 256 characters of it).
+    pub file: String,
+    pub line: Option<u64>,
+    pub column: String,
+    pub reason: String,
+}
+
+/// Why a COPY failed, once its transaction rolled back, newest first: the serverless/new
+/// view, then the provisioned one (Serverless has no STL views). Both filter on this session:
+/// the SYS view by its process id over the last minute, the STL view by the last COPY's id.
+pub const LOAD_ERROR_QUERIES: [&str; 2] = [
+    "SELECT TRIM(file_name), line_number, TRIM(column_name), TRIM(error_message) \
+     FROM sys_load_error_detail WHERE session_id = pg_backend_pid() \
+     AND start_time > DATEADD(minute, -1, GETDATE()) ORDER BY start_time DESC LIMIT 10",
+    "SELECT TRIM(filename), line_number, TRIM(colname), TRIM(err_reason) \
+     FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY starttime DESC LIMIT 10",
+];
+
+/// Rows of a [`LOAD_ERROR_QUERIES`] answer (text columns: file, line, column, reason).
+pub fn parse_load_errors<'r, I>(rows: I) -> Vec<LoadErrorRow>
+where
+    I: IntoIterator<Item = [Option<&'r str>; 4]>,
+{
+    rows.into_iter()
+        .map(|[file, line, column, reason]| LoadErrorRow {
+            file: file.unwrap_or("").trim().to_string(),
+            line: line.and_then(|l| l.trim().parse().ok()),
+            column: column.unwrap_or("").trim().to_string(),
+            reason: reason.unwrap_or("").trim().to_string(),
+        })
+        .collect()
+}
+
+/// The index of the URL a load-error row's `file` names: the equal one, else (Redshift keeps
+/// 256 bytes of it) the only one a long `file` is the start of.
+pub fn match_file(file: &str, urls: &[String]) -> Option<usize> {
+    if file.is_empty() {
+        return None;
+    }
+    if let Some(i) = urls.iter().position(|u| u == file) {
+        return Some(i);
+    }
+    if file.len() < 250 {
+        return None;
+    }
+    let mut hits = urls.iter().enumerate().filter(|(_, u)| u.starts_with(file));
+    match (hits.next(), hits.next()) {
+        (Some((i, _)), None) => Some(i),
+        _ => None,
+    }
+}
+
+/// Whether an error message is Redshift's "the COPY rejected rows" (a data error), as
+/// opposed to a failure to read S3, a bad manifest or a missing table.
+pub fn is_load_error_message(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("stl_load_errors") || m.contains("sys_load_error_detail")
 }
 
 /// Rin's own statement for one object (no manifest), exactly as Rin renders it; used only to
@@ -281,6 +465,288 @@ mod tests {
         assert_eq!(k1, manifest_key("p/", "\"t\"", &[("b", "k1"), ("b", "k2")]));
         assert_ne!(k1, manifest_key("p/", "\"t\"", &[("b", "k1")]));
         assert!(k1.starts_with("p/") && k1.ends_with(".manifest"));
+    }
+
+    fn plan<'a>(mode: InsertMode, c: &'a Credentials, keys: &'a [String]) -> LoadPlan<'a> {
+        LoadPlan {
+            table: "\"public\".\"t\"",
+            manifest_url: M,
+            credentials: c,
+            authorization: Authorization::AccessKeys,
+            region: "us-east-1",
+            sql_option: "JSON 'auto' GZIP",
+            mode,
+            key_columns: keys,
+            order_column: "time",
+        }
+    }
+
+    const COPY_T: &str = "/* rin-ship */ COPY \"public\".\"t\" FROM 's3://b/rin-ship/manifests/x.manifest' ACCESS_KEY_ID 'AAA' SECRET_ACCESS_KEY 'SSS' MANIFEST REGION 'us-east-1' JSON 'auto' GZIP";
+    const COPY_STAGE: &str = "/* rin-ship */ COPY rin_ship_stage FROM 's3://b/rin-ship/manifests/x.manifest' ACCESS_KEY_ID 'AAA' SECRET_ACCESS_KEY 'SSS' MANIFEST REGION 'us-east-1' JSON 'auto' GZIP";
+
+    #[test]
+    fn golden_insert_modes() {
+        let c = keys();
+        let k = vec!["id".to_string(), "day".to_string()];
+        assert_eq!(
+            load_statements(&plan(InsertMode::Append, &c, &k), false),
+            vec![COPY_T]
+        );
+        assert_eq!(
+            load_statements(&plan(InsertMode::Truncate, &c, &k), false),
+            vec!["DELETE FROM \"public\".\"t\"", COPY_T]
+        );
+        assert_eq!(
+            load_statements(&plan(InsertMode::OverwriteExisting, &c, &k), false),
+            vec![
+                "CREATE TEMP TABLE rin_ship_stage (LIKE \"public\".\"t\" INCLUDING DEFAULTS)",
+                COPY_STAGE,
+                "DELETE FROM \"public\".\"t\" USING rin_ship_stage WHERE \"public\".\"t\".\"id\" = rin_ship_stage.\"id\" AND \"public\".\"t\".\"day\" = rin_ship_stage.\"day\"",
+                "INSERT INTO \"public\".\"t\" SELECT s.* FROM rin_ship_stage s QUALIFY ROW_NUMBER() OVER (PARTITION BY s.\"id\", s.\"day\" ORDER BY s.\"time\" DESC NULLS LAST) = 1 OR s.\"id\" IS NULL OR s.\"day\" IS NULL",
+                "DROP TABLE rin_ship_stage",
+            ]
+        );
+        assert_eq!(
+            load_statements(&plan(InsertMode::KeepExisting, &c, &k[..1]), false),
+            vec![
+                "CREATE TEMP TABLE rin_ship_stage (LIKE \"public\".\"t\" INCLUDING DEFAULTS)",
+                COPY_STAGE,
+                "DELETE FROM rin_ship_stage USING \"public\".\"t\" WHERE \"public\".\"t\".\"id\" = rin_ship_stage.\"id\"",
+                "INSERT INTO \"public\".\"t\" SELECT s.* FROM rin_ship_stage s QUALIFY ROW_NUMBER() OVER (PARTITION BY s.\"id\" ORDER BY s.\"time\" ASC NULLS LAST) = 1 OR s.\"id\" IS NULL",
+                "DROP TABLE rin_ship_stage",
+            ]
+        );
+        // The rows statement: the COPY into the table, or the keyed modes' INSERT.
+        for mode in [
+            InsertMode::Append,
+            InsertMode::Truncate,
+            InsertMode::KeepExisting,
+            InsertMode::OverwriteExisting,
+        ] {
+            let p = plan(mode, &c, &k);
+            let s = load_statements(&p, false);
+            let rows = &s[p.rows_statement()];
+            assert!(
+                rows.starts_with(&format!("{SQL_PREFIX}COPY \"public\"."))
+                    || rows.starts_with("INSERT INTO \"public\"."),
+                "{mode:?}: {rows}"
+            );
+            // Nothing that commits on its own inside the ledger's transaction.
+            assert!(
+                s.iter().all(|x| !x.to_uppercase().contains("TRUNCATE")),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn golden_insert_modes_masked() {
+        let mut c = keys();
+        c.aws_secret_access_key = "sekrit-x".into();
+        c.aws_session_token = "tokn-y".into();
+        let k = vec!["id".to_string()];
+        for mode in [
+            InsertMode::Append,
+            InsertMode::Truncate,
+            InsertMode::KeepExisting,
+            InsertMode::OverwriteExisting,
+        ] {
+            let p = plan(mode, &c, &k);
+            let shown = load_statements(&p, true);
+            let real = load_statements(&p, false);
+            assert_eq!(shown.len(), real.len());
+            let all = shown.join("\n");
+            assert!(!all.contains("sekrit") && !all.contains("tokn"), "{all}");
+            assert!(
+                all.contains("SECRET_ACCESS_KEY '****' SESSION_TOKEN '****'"),
+                "{all}"
+            );
+            assert!(
+                real.join("\n")
+                    .contains("SECRET_ACCESS_KEY 'sekrit-x' SESSION_TOKEN 'tokn-y'")
+            );
+            // Only the secrets differ.
+            for (a, b) in shown.iter().zip(&real) {
+                assert_eq!(
+                    a.replace("****", ""),
+                    b.replace("sekrit-x", "").replace("tokn-y", "")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn load_plan_from_config() {
+        let src = r#"queue_name: q
+credentials: {aws_access_key_id: AAA, aws_secret_access_key: SSS}
+s3: {bucket: b, region: ap-northeast-1}
+sql_option: "JSON 'auto' GZIP"
+redshift: {host: h, dbname: d, user: u}
+insert_mode: OVERWRITE_EXISTING
+key_columns: [id]
+order_column: time
+targets:
+  - redshift: {table: a}
+    s3: {key_prefix: a/}
+  - redshift: {table: b}
+    s3: {key_prefix: b/}
+    insert_mode: KEEP_EXISTING
+    key_columns: [x, y]
+  - redshift: {table: c}
+    s3: {key_prefix: c/}
+    insert_mode: TRUNCATE
+rin_ship: {authorization: iam_role}
+"#;
+        let c = RinConfig::parse(src, &|_| None).unwrap();
+        let t = |i: usize| c.target(i);
+        assert_eq!(t(0).insert_mode, InsertMode::OverwriteExisting);
+        assert_eq!(
+            (t(0).key_columns.clone(), t(0).order_column.as_str()),
+            (vec!["id".to_string()], "time")
+        );
+        assert_eq!(t(1).insert_mode, InsertMode::KeepExisting);
+        assert_eq!(
+            (t(1).key_columns.clone(), t(1).order_column.as_str()),
+            (vec!["x".to_string(), "y".to_string()], "time")
+        );
+        assert_eq!(t(2).insert_mode, InsertMode::Truncate);
+        assert!(
+            t(2).describe().ends_with("(TRUNCATE, latest by time)"),
+            "{}",
+            t(2).describe()
+        );
+        assert!(
+            t(1).describe()
+                .ends_with("(KEEP_EXISTING by x, y, latest by time)"),
+            "{}",
+            t(1).describe()
+        );
+        let p = LoadPlan::new(&c, t(1), "\"b\"", M);
+        assert_eq!(
+            load_statements(&p, true)[3],
+            "INSERT INTO \"b\" SELECT s.* FROM rin_ship_stage s QUALIFY ROW_NUMBER() OVER (PARTITION BY s.\"x\", s.\"y\" ORDER BY s.\"time\" ASC NULLS LAST) = 1 OR s.\"x\" IS NULL OR s.\"y\" IS NULL"
+        );
+        assert_eq!(
+            load_statements(&p, true)[1],
+            "/* rin-ship */ COPY rin_ship_stage FROM 's3://b/rin-ship/manifests/x.manifest' IAM_ROLE default MANIFEST REGION 'ap-northeast-1' JSON 'auto' GZIP"
+        );
+    }
+
+    #[test]
+    fn insert_mode_config_errors() {
+        let base = |extra: &str, wh: &str| {
+            format!(
+                "queue_name: q\ns3: {{bucket: b}}\nredshift: {{host: h}}\nrin_ship: {{warehouse: {wh}}}\ntargets:\n  - redshift: {{table: a}}\n    s3: {{key_prefix: a/}}\n{extra}"
+            )
+        };
+        let err = |extra: &str, wh: &str| {
+            format!(
+                "{:#}",
+                RinConfig::parse(&base(extra, wh), &|_| None).unwrap_err()
+            )
+        };
+        let e = err("    insert_mode: OVERWRITE_EXISTING\n", "postgres");
+        assert!(
+            e.contains("targets[0]") && e.contains("needs key_columns"),
+            "{e}"
+        );
+        let e = err(
+            "    insert_mode: KEEP_EXISTING\n    key_columns: [id]\n",
+            "redshift",
+        );
+        assert!(
+            e.contains("targets[0]") && e.contains("needs order_column"),
+            "{e}"
+        );
+        let e = err(
+            "    insert_mode: KEEP_EXISTING\n    key_columns: [\"a b\"]\n",
+            "postgres",
+        );
+        assert!(e.contains("not a plain identifier"), "{e}");
+        let e = err("    insert_mode: UPSERT\n", "postgres");
+        assert!(e.contains("insert_mode"), "{e}");
+        // PostgreSQL: the stage keeps object and line order, no order_column needed.
+        let ok = base(
+            "    insert_mode: keep_existing\n    key_columns: [id]\n",
+            "postgres",
+        );
+        let c = RinConfig::parse(&ok, &|_| None).unwrap();
+        assert_eq!(c.target(0).insert_mode, InsertMode::KeepExisting);
+        let e = format!(
+            "{:#}",
+            RinConfig::parse(
+                &base("", "postgres").replace(
+                    "warehouse: postgres",
+                    "warehouse: postgres, quarantine_prefix: bucket/x"
+                ),
+                &|_| None
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("quarantine_prefix"), "{e}");
+    }
+
+    #[test]
+    fn golden_load_error_queries() {
+        assert_eq!(
+            LOAD_ERROR_QUERIES,
+            [
+                "SELECT TRIM(file_name), line_number, TRIM(column_name), TRIM(error_message) FROM sys_load_error_detail WHERE session_id = pg_backend_pid() AND start_time > DATEADD(minute, -1, GETDATE()) ORDER BY start_time DESC LIMIT 10",
+                "SELECT TRIM(filename), line_number, TRIM(colname), TRIM(err_reason) FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY starttime DESC LIMIT 10",
+            ]
+        );
+        // As a text-format answer gives them (char columns padded when not trimmed).
+        let rows = parse_load_errors([
+            [
+                Some("s3://b/logs/a.json.gz   "),
+                Some("3"),
+                Some("status    "),
+                Some("Invalid digit, Value 'x', Pos 0, Type: Integer   "),
+            ],
+            [
+                Some("s3://b/logs/b.json.gz"),
+                None,
+                None,
+                Some("Invalid JSONPath format"),
+            ],
+        ]);
+        assert_eq!(
+            rows,
+            vec![
+                LoadErrorRow {
+                    file: "s3://b/logs/a.json.gz".into(),
+                    line: Some(3),
+                    column: "status".into(),
+                    reason: "Invalid digit, Value 'x', Pos 0, Type: Integer".into(),
+                },
+                LoadErrorRow {
+                    file: "s3://b/logs/b.json.gz".into(),
+                    line: None,
+                    column: String::new(),
+                    reason: "Invalid JSONPath format".into(),
+                },
+            ]
+        );
+        let urls = vec![
+            "s3://b/logs/a.json.gz".to_string(),
+            "s3://b/logs/b.json.gz".to_string(),
+        ];
+        assert_eq!(match_file("s3://b/logs/b.json.gz", &urls), Some(1));
+        assert_eq!(match_file("s3://b/logs/c.json.gz", &urls), None);
+        assert_eq!(match_file("", &urls), None);
+        // Redshift keeps 256 bytes of a long URL: the one URL it starts.
+        let long = format!("s3://b/{}", "k".repeat(300));
+        let urls = vec![format!("{long}1"), "s3://b/x".to_string()];
+        assert_eq!(match_file(&long[..256], &urls), Some(0));
+        let urls = vec![format!("{long}1"), format!("{long}2")];
+        assert_eq!(match_file(&long[..256], &urls), None);
+        assert!(is_load_error_message(
+            "Load into table 'rin_ship_stage' failed. Check 'sys_load_error_detail' system table for details."
+        ));
+        assert!(is_load_error_message(
+            "Load into table 't' failed.  Check 'stl_load_errors' system table for details."
+        ));
+        assert!(!is_load_error_message("S3ServiceException:Access Denied"));
     }
 
     /// Rin's test/config.yml and the SQL its config_test.go expects, byte for byte.

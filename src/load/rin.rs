@@ -29,6 +29,13 @@ pub struct RinFile {
     pub s3: Option<S3Spec>,
     #[serde(default)]
     pub sql_option: String,
+    /// rin-ship: defaults of the targets' `insert_mode`, `key_columns`, `order_column`.
+    #[serde(default)]
+    pub insert_mode: Option<InsertMode>,
+    #[serde(default)]
+    pub key_columns: Vec<String>,
+    #[serde(default)]
+    pub order_column: String,
     #[serde(default)]
     pub targets: Vec<TargetSpec>,
     #[serde(default)]
@@ -92,6 +99,20 @@ pub struct Redshift {
     pub workgroup: String,
     #[serde(default)]
     pub reconnect_on_error: bool,
+    /// rin-ship: Secrets Manager secret (ARN or name) the Data API logs in with.
+    #[serde(default)]
+    pub secret_arn: String,
+    /// rin-ship: wire-protocol login with temporary credentials (GetClusterCredentials for
+    /// `cluster` + `user`, Serverless GetCredentials for `workgroup`) instead of `password`.
+    #[serde(default)]
+    pub iam_auth: bool,
+    /// rin-ship: GetClusterCredentials' AutoCreate (create the database user if missing).
+    #[serde(default)]
+    pub auto_create: bool,
+    /// rin-ship: region of the cluster or workgroup (default: `credentials.aws_region`, then
+    /// the first target's S3 region).
+    #[serde(default)]
+    pub region: String,
 }
 
 impl fmt::Debug for Redshift {
@@ -103,6 +124,28 @@ impl fmt::Debug for Redshift {
 impl Redshift {
     /// The connection without its password, for logs.
     pub fn visible_dsn(&self) -> String {
+        if self.driver == "sqlite" {
+            return format!("sqlite:{}", self.dbname);
+        }
+        let place = if self.workgroup.is_empty() {
+            format!("cluster({})", self.cluster)
+        } else {
+            format!("workgroup({})", self.workgroup)
+        };
+        if self.driver == "redshift-data" {
+            let who = if self.secret_arn.is_empty() {
+                self.user.clone()
+            } else {
+                "secret".to_string()
+            };
+            return format!("redshift-data://{who}@{place}/{}", self.dbname);
+        }
+        if self.iam_auth {
+            return format!(
+                "{}:(iam {place})@{}:{}/{}",
+                self.user, self.host, self.port, self.dbname
+            );
+        }
         format!(
             "{}:****@{}:{}/{}",
             self.user, self.host, self.port, self.dbname
@@ -136,6 +179,52 @@ pub struct TargetSpec {
     pub break_: bool,
     #[serde(default)]
     pub discard: bool,
+    /// rin-ship: how rows land in the table (default: the top-level one, else `APPEND`).
+    #[serde(default)]
+    pub insert_mode: Option<InsertMode>,
+    /// rin-ship: the key of `KEEP_EXISTING` / `OVERWRITE_EXISTING`.
+    #[serde(default)]
+    pub key_columns: Vec<String>,
+    /// rin-ship: the column deciding which row of a key is the latest inside one batch.
+    #[serde(default)]
+    pub order_column: String,
+}
+
+/// How a target's rows land in its table (AWS Data Pipeline's names).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+pub enum InsertMode {
+    /// Plain insert.
+    #[default]
+    #[serde(rename = "APPEND", alias = "append")]
+    Append,
+    /// Rows whose key is already in the table (or earlier in the batch) are dropped.
+    #[serde(rename = "KEEP_EXISTING", alias = "keep_existing")]
+    KeepExisting,
+    /// Rows replace the table's rows with the same key (the latest of the batch wins).
+    #[serde(rename = "OVERWRITE_EXISTING", alias = "overwrite_existing")]
+    OverwriteExisting,
+    /// The batch's rows replace the table's contents (`DELETE FROM`, in the load's transaction).
+    #[serde(rename = "TRUNCATE", alias = "truncate")]
+    Truncate,
+}
+
+impl InsertMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            InsertMode::Append => "APPEND",
+            InsertMode::KeepExisting => "KEEP_EXISTING",
+            InsertMode::OverwriteExisting => "OVERWRITE_EXISTING",
+            InsertMode::Truncate => "TRUNCATE",
+        }
+    }
+
+    /// `KEEP_EXISTING` and `OVERWRITE_EXISTING`: they need `key_columns`.
+    pub fn keyed(self) -> bool {
+        matches!(
+            self,
+            InsertMode::KeepExisting | InsertMode::OverwriteExisting
+        )
+    }
 }
 
 /// Which warehouse the `redshift:` connection points at.
@@ -202,6 +291,14 @@ pub struct Extension {
     pub sslmode: SslMode,
     /// `host:port` for a Prometheus `/metrics` endpoint while importing.
     pub metrics_bind: String,
+    /// Data errors (bad rows, bad gzip/JSON) put the object in quarantine and delete its
+    /// message; `false` leaves such messages on the queue (its redrive policy) instead.
+    pub quarantine: bool,
+    /// Where quarantine records go: `s3://bucket/prefix/`; default
+    /// `s3://<the target's bucket>/rin-ship/quarantine/`.
+    pub quarantine_prefix: String,
+    /// Table maintenance (`rin-ship maintain`): VACUUM / ANALYZE thresholds and schedule.
+    pub maintenance: super::maintain::Maintenance,
 }
 
 impl Default for Extension {
@@ -222,6 +319,9 @@ impl Default for Extension {
             catch_all_column: String::new(),
             sslmode: SslMode::Prefer,
             metrics_bind: String::new(),
+            quarantine: true,
+            quarantine_prefix: String::new(),
+            maintenance: Default::default(),
         }
     }
 }
@@ -235,6 +335,11 @@ pub struct Target {
     pub sql_option: String,
     pub break_: bool,
     pub discard: bool,
+    pub insert_mode: InsertMode,
+    /// The key of the keyed insert modes (plain identifiers; empty otherwise unused).
+    pub key_columns: Vec<String>,
+    /// Decides the latest row of a key inside a batch (a plain identifier, or empty).
+    pub order_column: String,
     matcher: Matcher,
 }
 
@@ -300,6 +405,24 @@ impl RinConfig {
             .with_context(|| format!("invalid Rin config {}", path.display()))
     }
 
+    /// Loads a config from where Rin's `-config` may point: a local path, an `http(s)://` URL
+    /// or an `s3://bucket/key` URL (see [`ConfigLocation`]). Blocks; call it outside a tokio
+    /// runtime (async callers: [`fetch_config`] then [`RinConfig::parse`]).
+    pub fn load_from(location: &str) -> Result<RinConfig> {
+        let loc = ConfigLocation::parse(location)?;
+        if let ConfigLocation::Path(p) = &loc {
+            return Self::load(p);
+        }
+        let src = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(fetch_config(&loc))?;
+        let config = Self::parse(&src, &|k| std::env::var(k).ok())
+            .with_context(|| format!("invalid Rin config {loc}"))?;
+        tracing::info!(config = %loc, "Rin config fetched");
+        Ok(config)
+    }
+
     pub fn parse(src: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<RinConfig> {
         let text = expand_template(src, env)?;
         let de = serde_norway::Deserializer::from_str(&text);
@@ -335,6 +458,11 @@ impl RinConfig {
         {
             bail!("rin_ship.manifest_prefix must be an s3:// URL");
         }
+        if !f.rin_ship.quarantine_prefix.is_empty()
+            && !f.rin_ship.quarantine_prefix.starts_with("s3://")
+        {
+            bail!("rin_ship.quarantine_prefix must be an s3:// URL");
+        }
         let cr = f.redshift.clone().unwrap_or_default();
         let cs = f.s3.clone().unwrap_or_default();
         let mut targets = Vec::new();
@@ -349,9 +477,11 @@ impl RinConfig {
                     }
                     inherit!(
                         driver, host, port, dbname, user, password, schema, table, cluster,
-                        workgroup
+                        workgroup, secret_arn, region
                     );
                     r.reconnect_on_error |= cr.reconnect_on_error;
+                    r.iam_auth |= cr.iam_auth;
+                    r.auto_create |= cr.auto_create;
                     r
                 }
             };
@@ -406,12 +536,27 @@ impl RinConfig {
                         }
                     }
                 }
-                if redshift.driver == "redshift-data" {
-                    bail!(
-                        "targets[{i}]: redshift.driver redshift-data (the Data API) is not \
-                         supported yet; use the default driver (postgres wire protocol)"
-                    );
-                }
+                check_connection(i, &redshift, f.rin_ship.warehouse)?;
+            }
+            let insert_mode = t.insert_mode.or(f.insert_mode).unwrap_or_default();
+            let key_columns = if t.key_columns.is_empty() {
+                f.key_columns.clone()
+            } else {
+                t.key_columns
+            };
+            let order_column = if t.order_column.is_empty() {
+                f.order_column.clone()
+            } else {
+                t.order_column
+            };
+            if !t.discard {
+                check_insert_mode(
+                    i,
+                    insert_mode,
+                    &key_columns,
+                    &order_column,
+                    f.rin_ship.warehouse,
+                )?;
             }
             targets.push(Target {
                 index: i,
@@ -420,6 +565,9 @@ impl RinConfig {
                 sql_option,
                 break_: t.break_,
                 discard: t.discard,
+                insert_mode,
+                key_columns,
+                order_column,
                 matcher,
             });
         }
@@ -444,8 +592,15 @@ impl RinConfig {
                 }
                 break;
             }
-            let schema = expand_ident(&t.redshift.schema, &captures, t.index, "schema", key)?;
-            let table = expand_ident(&t.redshift.table, &captures, t.index, "table", key)?;
+            // The embedded warehouse (SQLite) takes a tag as its table name (`"app.web"`).
+            let plain = if t.redshift.driver == "sqlite" {
+                super::sqlite::is_table_name
+            } else {
+                is_identifier
+            };
+            let schema =
+                expand_ident(&t.redshift.schema, &captures, t.index, "schema", key, plain)?;
+            let table = expand_ident(&t.redshift.table, &captures, t.index, "table", key, plain)?;
             dests.push(Destination {
                 target: t.index,
                 schema,
@@ -495,13 +650,376 @@ impl Target {
         if self.discard {
             format!("s3://{}/{m} => discard", self.s3.bucket)
         } else {
-            format!(
+            let mut d = format!(
                 "s3://{}/{m} => {}/{table}",
                 self.s3.bucket,
                 self.redshift.visible_dsn()
-            )
+            );
+            if self.insert_mode != InsertMode::Append {
+                d.push_str(&format!(" ({}", self.insert_mode.name()));
+                if self.insert_mode.keyed() {
+                    d.push_str(&format!(" by {}", self.key_columns.join(", ")));
+                }
+                if !self.order_column.is_empty() {
+                    d.push_str(&format!(", latest by {}", self.order_column));
+                }
+                d.push(')');
+            }
+            d
         }
     }
+}
+
+/// Where a Rin config lives (Rin's `-config`): a local path, an `http(s)://` URL (fetched
+/// with one GET, no redirects) or `s3://bucket/key` (GetObject with the default AWS credential
+/// chain and region; `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` select an S3-compatible
+/// server, addressed path-style). Displayed without user-info or query string: presigned URLs
+/// carry credentials there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigLocation {
+    Path(std::path::PathBuf),
+    Http(hyper::Uri),
+    S3 { bucket: String, key: String },
+}
+
+/// The longest a remote config may take to fetch, and the largest it may be.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const MAX_CONFIG_BYTES: usize = 16 << 20;
+
+fn has_scheme(s: &str, scheme: &str) -> bool {
+    s.get(..scheme.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+}
+
+impl ConfigLocation {
+    pub fn parse(s: &str) -> Result<ConfigLocation> {
+        if has_scheme(s, "http://") || has_scheme(s, "https://") {
+            let uri: hyper::Uri = s
+                .parse()
+                .map_err(|e| anyhow!("invalid config URL {}: {e}", redact_url(s)))?;
+            if uri.host().is_none_or(str::is_empty) {
+                bail!("invalid config URL {}: no host", redact_url(s));
+            }
+            return Ok(ConfigLocation::Http(uri));
+        }
+        if has_scheme(s, "s3://") {
+            let rest = &s[5..];
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() || key.is_empty() {
+                bail!("invalid config URL {s}: expected s3://bucket/key");
+            }
+            return Ok(ConfigLocation::S3 {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            });
+        }
+        if s.is_empty() {
+            bail!("no config given");
+        }
+        Ok(ConfigLocation::Path(s.into()))
+    }
+}
+
+impl fmt::Display for ConfigLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigLocation::Path(p) => write!(f, "{}", p.display()),
+            ConfigLocation::Http(u) => {
+                let scheme = u.scheme_str().unwrap_or("http");
+                let host = u.host().unwrap_or("");
+                match u.port_u16() {
+                    Some(port) => write!(f, "{scheme}://{host}:{port}{}", u.path()),
+                    None => write!(f, "{scheme}://{host}{}", u.path()),
+                }
+            }
+            ConfigLocation::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+        }
+    }
+}
+
+/// `s` without user-info, query string or fragment (for a URL that did not even parse).
+fn redact_url(s: &str) -> String {
+    let s = s.split(['?', '#']).next().unwrap_or("");
+    match s.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or("");
+            format!("{scheme}://{host}{path}")
+        }
+        None => s.to_string(),
+    }
+}
+
+/// The text of a config at `loc` (a local file, an HTTP(S) GET or an S3 GetObject), within
+/// 30 s. Errors name the location without its query string.
+pub async fn fetch_config(loc: &ConfigLocation) -> Result<String> {
+    let bytes = match loc {
+        ConfigLocation::Path(p) => tokio::fs::read(p)
+            .await
+            .with_context(|| format!("cannot read {}", p.display()))?,
+        remote => {
+            let fetch = async {
+                match remote {
+                    ConfigLocation::Http(u) => fetch_http(u).await,
+                    ConfigLocation::S3 { bucket, key } => fetch_s3(bucket, key).await,
+                    ConfigLocation::Path(_) => unreachable!(),
+                }
+            };
+            tokio::time::timeout(FETCH_TIMEOUT, fetch)
+                .await
+                .map_err(|_| anyhow!("no answer within {}s", FETCH_TIMEOUT.as_secs()))
+                .and_then(|r| r)
+                .with_context(|| format!("cannot fetch the config {remote}"))?
+        }
+    };
+    String::from_utf8(bytes).map_err(|_| anyhow!("config {loc} is not UTF-8"))
+}
+
+async fn fetch_http(uri: &hyper::Uri) -> Result<Vec<u8>> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper::body::Bytes;
+    let https = uri
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+    let host = uri.host().unwrap_or("");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // An IPv6 literal comes bracketed.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((bare, port))
+        .await
+        .with_context(|| format!("cannot connect to {host}:{port}"))?;
+    let req = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            hyper::header::HOST,
+            match uri.port_u16() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_string(),
+            },
+        )
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("rin-ship/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())?;
+    let resp = if https {
+        let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+            .map_err(|e| anyhow!("{host}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config()?))
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
+        send_request(hyper_util::rt::TokioIo::new(tls), req).await?
+    } else {
+        send_request(hyper_util::rt::TokioIo::new(tcp), req).await?
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("HTTP {status}");
+    }
+    let body = Limited::new(resp.into_body(), MAX_CONFIG_BYTES)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the body: {e}"))?;
+    Ok(body.to_bytes().to_vec())
+}
+
+async fn send_request<T>(
+    io: T,
+    req: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender.send_request(req).await?)
+}
+
+/// rustls with the OS trust store (as the warehouse connections use).
+fn tls_client_config() -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS set-up")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// An endpoint override the AWS SDK reads itself (`AWS_ENDPOINT_URL_S3`, else
+/// `AWS_ENDPOINT_URL`, unless `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`).
+fn s3_endpoint_from_env(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    if env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .filter_map(env)
+        .find(|v| !v.is_empty())
+}
+
+async fn fetch_s3(bucket: &str, key: &str) -> Result<Vec<u8>> {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let mut b = aws_sdk_s3::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        b = b.region(aws_config::Region::new("us-east-1"));
+    }
+    // The SDK applies the endpoint override itself; S3-compatible servers want path-style.
+    if s3_endpoint_from_env(&|k| std::env::var(k).ok()).is_some() {
+        b = b.force_path_style(true);
+    }
+    let client = aws_sdk_s3::Client::from_conf(b.build());
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| anyhow!("GetObject: {}", aws_sdk_s3::error::DisplayErrorContext(&e)))?;
+    if out
+        .content_length
+        .is_some_and(|n| n > MAX_CONFIG_BYTES as i64)
+    {
+        bail!("larger than {MAX_CONFIG_BYTES} bytes");
+    }
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the object: {e}"))?;
+    let bytes = body.into_bytes();
+    if bytes.len() > MAX_CONFIG_BYTES {
+        bail!("larger than {MAX_CONFIG_BYTES} bytes");
+    }
+    Ok(bytes.to_vec())
+}
+
+/// `insert_mode`, `key_columns` and `order_column` of target `i`, after the merge.
+fn check_insert_mode(
+    i: usize,
+    mode: InsertMode,
+    keys: &[String],
+    order: &str,
+    warehouse: Warehouse,
+) -> Result<()> {
+    for k in keys {
+        if !is_identifier(k) {
+            bail!("targets[{i}]: key_columns: {k:?} is not a plain identifier");
+        }
+    }
+    if !order.is_empty() && !is_identifier(order) {
+        bail!("targets[{i}]: order_column {order:?} is not a plain identifier");
+    }
+    if mode.keyed() {
+        if keys.is_empty() {
+            bail!(
+                "targets[{i}]: insert_mode {} needs key_columns (the columns that identify a row)",
+                mode.name()
+            );
+        }
+        if warehouse == Warehouse::Redshift && order.is_empty() {
+            bail!(
+                "targets[{i}]: insert_mode {} on Redshift needs order_column: COPY keeps no line \
+                 order, so nothing else tells which row of a key in one batch is the latest",
+                mode.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// rin-ship's connection extensions of target `i`: the Data API driver and IAM logins.
+fn check_connection(i: usize, r: &Redshift, warehouse: Warehouse) -> Result<()> {
+    let data_api = match r.driver.as_str() {
+        "" | "postgres" => false,
+        // The embedded warehouse: `dbname` is the SQLite file (see load::sqlite).
+        "sqlite" => return Ok(()),
+        "redshift-data" => true,
+        other => {
+            bail!(
+                "targets[{i}]: redshift.driver {other:?}: expected postgres, redshift-data or \
+                 sqlite"
+            )
+        }
+    };
+    let what = if data_api {
+        "redshift.driver redshift-data (the Redshift Data API)"
+    } else if r.iam_auth {
+        "redshift.iam_auth (temporary credentials)"
+    } else {
+        if !r.secret_arn.is_empty() {
+            bail!("targets[{i}]: redshift.secret_arn is for driver redshift-data");
+        }
+        if r.auto_create {
+            bail!("targets[{i}]: redshift.auto_create needs iam_auth: true");
+        }
+        return Ok(());
+    };
+    if !cfg!(feature = "redshift") {
+        bail!("targets[{i}]: {what} needs rin-ship built with `--features redshift`");
+    }
+    if warehouse != Warehouse::Redshift {
+        bail!("targets[{i}]: {what} needs rin_ship.warehouse: redshift");
+    }
+    if r.cluster.is_empty() == r.workgroup.is_empty() {
+        bail!(
+            "targets[{i}]: {what} needs exactly one of redshift.cluster (provisioned) or \
+             redshift.workgroup (Serverless)"
+        );
+    }
+    if r.dbname.is_empty() {
+        bail!("targets[{i}]: {what} needs redshift.dbname");
+    }
+    if !r.password.is_empty() {
+        bail!(
+            "targets[{i}]: redshift.password is not used with {what}; remove it{}",
+            if data_api { " (or use secret_arn)" } else { "" }
+        );
+    }
+    if data_api && r.iam_auth {
+        bail!(
+            "targets[{i}]: redshift.iam_auth is for the wire protocol; the Data API always \
+             logs in with the AWS credentials (or secret_arn)"
+        );
+    }
+    if !data_api && !r.secret_arn.is_empty() {
+        bail!("targets[{i}]: redshift.secret_arn is for driver redshift-data, not iam_auth");
+    }
+    if !r.workgroup.is_empty() {
+        if !r.user.is_empty() {
+            bail!(
+                "targets[{i}]: redshift.user is not used with a workgroup (Serverless maps the \
+                 IAM identity to a database user); remove it{}",
+                if data_api { " or use secret_arn" } else { "" }
+            );
+        }
+        if r.auto_create {
+            bail!("targets[{i}]: redshift.auto_create is for a provisioned cluster");
+        }
+    } else if data_api {
+        if r.user.is_empty() == r.secret_arn.is_empty() {
+            bail!(
+                "targets[{i}]: {what} on a cluster needs exactly one of redshift.user (temporary \
+                 credentials for that database user) or redshift.secret_arn"
+            );
+        }
+        if r.auto_create {
+            bail!("targets[{i}]: redshift.auto_create needs iam_auth: true");
+        }
+    } else if r.user.is_empty() {
+        bail!("targets[{i}]: {what} on a cluster needs redshift.user (the database user)");
+    }
+    if !data_api && r.host.is_empty() {
+        bail!("targets[{i}]: {what} needs redshift.host (the endpoint to connect to)");
+    }
+    Ok(())
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -559,9 +1077,10 @@ fn expand_ident(
     target: usize,
     what: &'static str,
     key: &str,
+    plain: fn(&str) -> bool,
 ) -> Result<String, InvalidIdentifier> {
     let (v, used) = expand_placeholders(s, captures);
-    if used && !is_identifier(&v) {
+    if used && !plain(&v) {
         return Err(InvalidIdentifier {
             target,
             what,
@@ -825,6 +1344,160 @@ targets:
             .route("test.bucket.test", "test/schema-a/table-x\";drop/")
             .unwrap_err();
         assert_eq!(e.what, "table");
+    }
+
+    #[test]
+    fn config_locations() {
+        let p = |s: &str| ConfigLocation::parse(s).unwrap();
+        assert_eq!(p("rin.yaml"), ConfigLocation::Path("rin.yaml".into()));
+        assert_eq!(p("./a/s3:/b"), ConfigLocation::Path("./a/s3:/b".into()));
+        assert_eq!(
+            p("s3://my-bucket/conf/rin.yaml"),
+            ConfigLocation::S3 {
+                bucket: "my-bucket".into(),
+                key: "conf/rin.yaml".into()
+            }
+        );
+        assert_eq!(p("S3://b/k?x").to_string(), "s3://b/k?x");
+        assert!(ConfigLocation::parse("s3://bucket").is_err());
+        assert!(ConfigLocation::parse("s3://bucket/").is_err());
+        assert!(ConfigLocation::parse("s3:///key").is_err());
+        assert!(ConfigLocation::parse("").is_err());
+        let presigned =
+            "https://user:pw@b.s3.amazonaws.com:8443/c/rin.yaml?X-Amz-Signature=SECRET#f";
+        let l = p(presigned);
+        assert!(matches!(&l, ConfigLocation::Http(u) if u.query().is_some()));
+        assert_eq!(l.to_string(), "https://b.s3.amazonaws.com:8443/c/rin.yaml");
+        assert_eq!(
+            p("HTTP://127.0.0.1/rin.yaml").to_string(),
+            "http://127.0.0.1/rin.yaml"
+        );
+        assert_eq!(p("http://[::1]:80").to_string(), "http://[::1]:80/");
+        let e = format!(
+            "{:#}",
+            ConfigLocation::parse("http://exa mple/x?sig=SECRET").unwrap_err()
+        );
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(ConfigLocation::parse("http:///x").is_err());
+        assert_eq!(redact_url("https://u:p@h/a?b"), "https://h/a");
+    }
+
+    #[test]
+    fn s3_endpoint_env() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(s3_endpoint_from_env(&env(&[])), None);
+        assert_eq!(
+            s3_endpoint_from_env(&env(&[("AWS_ENDPOINT_URL", "http://a")])).as_deref(),
+            Some("http://a")
+        );
+        assert_eq!(
+            s3_endpoint_from_env(&env(&[
+                ("AWS_ENDPOINT_URL", "http://a"),
+                ("AWS_ENDPOINT_URL_S3", "http://s3")
+            ]))
+            .as_deref(),
+            Some("http://s3")
+        );
+        assert_eq!(
+            s3_endpoint_from_env(&env(&[
+                ("AWS_ENDPOINT_URL", "http://a"),
+                ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+            ])),
+            None
+        );
+    }
+
+    /// One-shot HTTP server on 127.0.0.1: answers every request with `status` and `body`,
+    /// and hands back the request head it read.
+    async fn serve_once(
+        status: &'static str,
+        body: &'static str,
+    ) -> (u16, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (port, h)
+    }
+
+    #[tokio::test]
+    async fn fetch_over_http() {
+        let (port, h) = serve_once("200 OK", "queue_name: q\n").await;
+        let loc =
+            ConfigLocation::parse(&format!("http://127.0.0.1:{port}/c/rin.yaml?a=1")).unwrap();
+        assert_eq!(fetch_config(&loc).await.unwrap(), "queue_name: q\n");
+        let head = h.await.unwrap();
+        assert!(
+            head.starts_with("GET /c/rin.yaml?a=1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("host: 127.0.0.1:{port}")),
+            "{head}"
+        );
+
+        let (port, _h) = serve_once("403 Forbidden", "denied").await;
+        let url = format!("http://127.0.0.1:{port}/rin.yaml?X-Amz-Signature=SECRET");
+        let e = format!(
+            "{:#}",
+            fetch_config(&ConfigLocation::parse(&url).unwrap())
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            e.contains(&format!("http://127.0.0.1:{port}/rin.yaml")),
+            "{e}"
+        );
+        assert!(e.contains("403"), "{e}");
+        assert!(!e.contains("SECRET") && !e.contains('?'), "{e}");
+
+        // Nothing listening.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let loc = ConfigLocation::parse(&format!("http://127.0.0.1:{port}/x?sig=SECRET")).unwrap();
+        let e = format!("{:#}", fetch_config(&loc).await.unwrap_err());
+        assert!(
+            e.contains("cannot fetch the config") && !e.contains("SECRET"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    #[cfg(not(feature = "redshift"))]
+    fn redshift_extensions_need_the_feature() {
+        let base =
+            "queue_name: q\ntargets:\n  - redshift: {table: a, dbname: d, user: u, cluster: c";
+        for extra in [", driver: redshift-data", ", host: h, iam_auth: true"] {
+            let src = format!("{base}{extra}}}\n    s3: {{bucket: b, key_prefix: x}}\n");
+            let e = format!("{:#}", RinConfig::parse(&src, &env).unwrap_err());
+            assert!(e.contains("--features redshift"), "{e}");
+        }
     }
 
     #[test]

@@ -1,18 +1,25 @@
 //! Shipping: uploads sealed chunks to their target's object store under deterministic keys,
-//! and deletes a chunk only after the store confirmed the object. Owns retries and upload
-//! concurrency; it must never delete a chunk that was not confirmed, and never invent a key
-//! that depends on anything but the chunk itself (so a retry rewrites, never duplicates).
+//! announces each object when its store has a `notify` ([`notify`]), and deletes a chunk only
+//! after the store confirmed the object and the queue accepted its notification. Owns retries
+//! and upload concurrency; it must never delete a chunk that was not confirmed (or whose
+//! notification was not accepted), and never invent a key that depends on anything but the
+//! chunk itself (so a retry rewrites, never duplicates).
 
 pub mod key;
 pub mod local;
+pub mod notify;
 #[cfg(feature = "s3")]
 pub mod s3;
+
+pub use notify::Stored;
 
 use crate::buffer::chunk::{SealedChunk, retire};
 use crate::buffer::{Sealed, Usage};
 use crate::config::{Config, StoreConfig};
+use crate::queue_local::LocalQueue;
 use anyhow::Result;
 use key::{KeyInputs, KeyTemplate};
+use notify::Notifier;
 use rand::Rng;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,15 +29,22 @@ use tracing::{debug, info, warn};
 
 /// Where objects go.
 pub enum Store {
-    Local(local::LocalStore),
+    /// A folder; `name` (the store's name) is the bucket its notifications give.
+    Local {
+        store: local::LocalStore,
+        name: String,
+    },
     #[cfg(feature = "s3")]
     S3(s3::S3Store),
 }
 
 impl Store {
-    pub async fn from_config(config: &StoreConfig) -> Result<Store> {
+    pub async fn from_config(name: &str, config: &StoreConfig) -> Result<Store> {
         Ok(match config {
-            StoreConfig::Local { dir } => Store::Local(local::LocalStore::new(dir.clone())?),
+            StoreConfig::Local { dir, .. } => Store::Local {
+                store: local::LocalStore::new(dir.clone())?,
+                name: name.to_string(),
+            },
             #[cfg(feature = "s3")]
             StoreConfig::S3(s3) => Store::S3(s3::S3Store::new(s3).await?),
             #[cfg(not(feature = "s3"))]
@@ -38,12 +52,18 @@ impl Store {
         })
     }
 
-    /// Uploads the file as the object `key`. Returns only once the store confirmed it.
-    pub async fn put(&self, key: &str, path: &Path, size: u64) -> Result<()> {
+    /// Uploads the file as the object `key`. Returns only once the store confirmed it, with
+    /// what a notification of it says.
+    pub async fn put(&self, key: &str, path: &Path, size: u64) -> Result<Stored> {
         #[cfg(not(feature = "s3"))]
         let _ = size;
         match self {
-            Store::Local(s) => s.put(key, path).await,
+            Store::Local { store, name } => Ok(Stored {
+                etag: store.put(key, path).await?,
+                bucket: name.clone(),
+                key: key.to_string(),
+                event_name: "ObjectCreated:Put",
+            }),
             #[cfg(feature = "s3")]
             Store::S3(s) => s.put(key, path, size).await,
         }
@@ -52,7 +72,7 @@ impl Store {
     /// A short description for logs (never credentials).
     pub fn describe(&self) -> String {
         match self {
-            Store::Local(s) => format!("folder {}", s.dir().display()),
+            Store::Local { store, .. } => format!("folder {}", store.dir().display()),
             #[cfg(feature = "s3")]
             Store::S3(s) => s.describe(),
         }
@@ -63,6 +83,8 @@ struct ShipTarget {
     name: String,
     key: KeyTemplate,
     store: Arc<Store>,
+    /// Told about each object before its chunk is deleted.
+    notifier: Option<Arc<Notifier>>,
 }
 
 pub struct Shipper {
@@ -74,19 +96,32 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    pub async fn new(config: &Config, node: String, usage: Arc<Usage>) -> Result<Shipper> {
+    /// `local_queue`: the queue stores with `notify: local` send to (open when one does).
+    pub async fn new(
+        config: &Config,
+        node: String,
+        usage: Arc<Usage>,
+        local_queue: Option<&LocalQueue>,
+    ) -> Result<Shipper> {
         let mut stores = std::collections::HashMap::new();
         let mut targets = Vec::new();
         for t in &config.targets {
             if !stores.contains_key(&t.store) {
-                let store = Store::from_config(&config.stores[&t.store]).await?;
+                let cfg = &config.stores[&t.store];
+                let store = Store::from_config(&t.store, cfg).await?;
                 info!(store = %t.store, "object store: {}", store.describe());
-                stores.insert(t.store.clone(), Arc::new(store));
+                let notifier = Notifier::for_store(cfg, local_queue).await?;
+                if let Some(n) = &notifier {
+                    info!(store = %t.store, "object-created events to {}", n.describe());
+                }
+                stores.insert(t.store.clone(), (Arc::new(store), notifier.map(Arc::new)));
             }
+            let (store, notifier) = &stores[&t.store];
             targets.push(ShipTarget {
                 name: t.name.clone(),
                 key: KeyTemplate::parse(&t.key).map_err(anyhow::Error::msg)?,
-                store: stores[&t.store].clone(),
+                store: store.clone(),
+                notifier: notifier.clone(),
             });
         }
         Ok(Shipper {
@@ -130,7 +165,8 @@ impl Shipper {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Uploads one chunk, retrying with exponential backoff and jitter until it succeeds.
+    /// Uploads one chunk, retrying with exponential backoff and jitter until it succeeds, then
+    /// sends its notification (if its store has one), retrying likewise, then deletes it.
     async fn ship(&self, target: usize, chunk: SealedChunk) {
         let key = self.key_for(target, &chunk);
         let store = &self.targets[target].store;
@@ -139,12 +175,16 @@ impl Shipper {
         loop {
             let started = Instant::now();
             match store.put(&key, &chunk.data_path, chunk.size).await {
-                Ok(()) => {
+                Ok(stored) => {
                     metrics::counter!("rin_objects_uploaded_total").increment(1);
                     metrics::counter!("rin_uploaded_bytes_total").increment(chunk.size);
                     metrics::histogram!("rin_upload_seconds")
                         .record(started.elapsed().as_secs_f64());
                     debug!(%key, events = chunk.events, ndjson_bytes = chunk.bytes, object_bytes = chunk.size, "uploaded");
+                    if let Some(n) = &self.targets[target].notifier {
+                        // Before the delete: a crash in between uploads and notifies again.
+                        self.notify(n, &stored, chunk.size).await;
+                    }
                     let disk = chunk.disk_bytes();
                     match retire(&chunk) {
                         Ok(()) => {
@@ -167,6 +207,31 @@ impl Shipper {
                     backoff = (backoff * 2).min(self.max_backoff);
                     attempt += 1;
                     metrics::counter!("rin_upload_retries_total").increment(1);
+                }
+            }
+        }
+    }
+
+    /// Sends an object's notification, retrying with the upload backoff until the queue
+    /// accepted it (the chunk is not deleted before).
+    async fn notify(&self, n: &Notifier, stored: &Stored, size: u64) {
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 1u32;
+        loop {
+            match n.send(stored, size).await {
+                Ok(()) => {
+                    metrics::counter!("rin_notifications_total").increment(1);
+                    debug!(key = %stored.key, etag = %stored.etag, "notified");
+                    return;
+                }
+                Err(e) => {
+                    metrics::counter!("rin_notification_errors_total").increment(1);
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    let wait = backoff.mul_f64(jitter).min(self.max_backoff);
+                    warn!(key = %stored.key, attempt, retry_in = ?wait, "notification failed (the chunk is kept until it is sent): {e:#}");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(self.max_backoff);
+                    attempt += 1;
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! `multipart_threshold` go up in one PutObject, larger ones as multipart uploads; every
 //! request carries a CRC-32 checksum the server verifies. It must never log credentials.
 
+use super::Stored;
 use crate::config::S3Config;
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::Client;
@@ -65,13 +66,16 @@ impl S3Store {
         }
     }
 
-    pub async fn put(&self, key: &str, path: &Path, size: u64) -> Result<()> {
+    /// Uploads the file as `<prefix><key>`; returns the object's bucket, full key and ETag
+    /// (from the PutObject or CompleteMultipartUpload answer, without quotes).
+    pub async fn put(&self, key: &str, path: &Path, size: u64) -> Result<Stored> {
         let key = format!("{}{key}", self.prefix);
         if size < self.multipart_threshold {
             let body = ByteStream::from_path(path)
                 .await
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            self.client
+            let out = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
@@ -87,12 +91,23 @@ impl S3Store {
                         DisplayErrorContext(&e)
                     )
                 })?;
-            return Ok(());
+            return Ok(Stored {
+                bucket: self.bucket.clone(),
+                etag: unquote(out.e_tag()),
+                key,
+                event_name: "ObjectCreated:Put",
+            });
         }
-        self.put_multipart(&key, path, size).await
+        let etag = self.put_multipart(&key, path, size).await?;
+        Ok(Stored {
+            bucket: self.bucket.clone(),
+            key,
+            etag,
+            event_name: "ObjectCreated:CompleteMultipartUpload",
+        })
     }
 
-    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<()> {
+    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<String> {
         let upload = self
             .client
             .create_multipart_upload()
@@ -128,7 +143,13 @@ impl S3Store {
         result
     }
 
-    async fn upload_parts(&self, key: &str, path: &Path, size: u64, upload_id: &str) -> Result<()> {
+    async fn upload_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        upload_id: &str,
+    ) -> Result<String> {
         let mut parts = Vec::new();
         let mut offset = 0u64;
         let mut number = 1i32;
@@ -169,7 +190,8 @@ impl S3Store {
             offset += len;
             number += 1;
         }
-        self.client
+        let done = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -188,6 +210,12 @@ impl S3Store {
                     DisplayErrorContext(&e)
                 )
             })?;
-        Ok(())
+        Ok(unquote(done.e_tag()))
     }
+}
+
+/// An ETag as S3 events carry it: without the quotes of the HTTP header. Empty when the
+/// server sent none (the importer then asks with HeadObject).
+fn unquote(etag: Option<&str>) -> String {
+    etag.unwrap_or("").trim_matches('"').to_string()
 }

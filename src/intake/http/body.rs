@@ -17,7 +17,7 @@
 use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
 use crate::msgpack::{DecodeError, EventTime, FrameScanner, Reader, type_name};
 use crate::transcode::{LineFormat, TimeRenderer, write_str};
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
@@ -270,15 +270,16 @@ impl Lines {
 // ----------------------------------------------------------------------------------- JSON
 
 /// Appends the lines of a JSON body (see the module doc for the grammar).
+///
+/// One pass: each top-level value is parsed once into borrowed (key, raw value) pairs, then
+/// written as a line; values are copied as the client wrote them, never re-encoded.
 pub fn json_lines(body: &[u8], shape: &Shape, out: &mut Lines) -> Result<()> {
     let mut writer = JsonWriter {
         shape,
         times: shape.format.renderer(),
-        fields: Vec::new(),
         out,
-        error: None,
     };
-    let stream = serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>();
+    let stream = serde_json::Deserializer::from_slice(body).into_iter::<Top>();
     for value in stream {
         let value = value.map_err(|e| {
             BodyError::malformed(format!(
@@ -287,57 +288,36 @@ pub fn json_lines(body: &[u8], shape: &Shape, out: &mut Lines) -> Result<()> {
                 e.column()
             ))
         })?;
-        let start = value.get().as_ptr() as usize - body.as_ptr() as usize;
-        let mut de = serde_json::Deserializer::from_str(value.get());
-        let result = TopSeed(&mut writer).deserialize(&mut de);
-        if let Some(e) = writer.error.take() {
-            return Err(e);
+        match value {
+            Top::Record(fields) => writer.record(&fields)?,
+            Top::Records(records) => {
+                for fields in &records {
+                    writer.record(fields)?;
+                }
+            }
         }
-        result.map_err(|e| {
-            let (line, col) = line_col(body, start);
-            BodyError::malformed(format!(
-                "the JSON value at line {line} column {col} (byte offset {start}): {e}"
-            ))
-        })?;
     }
     Ok(())
 }
 
-fn line_col(body: &[u8], offset: usize) -> (usize, usize) {
-    let before = &body[..offset.min(body.len())];
-    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let col = offset
-        - before
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |p| p + 1)
-        + 1;
-    (line, col)
-}
-
-struct JsonWriter<'s, 'de> {
+struct JsonWriter<'s> {
     shape: &'s Shape<'s>,
     times: TimeRenderer,
-    /// The current record's fields, reused from record to record.
-    fields: Vec<(Cow<'de, str>, &'de RawValue)>,
     out: &'s mut Lines,
-    /// An error that is not a JSON type error (e.g. a time out of range).
-    error: Option<BodyError>,
 }
 
-impl<'de> JsonWriter<'_, 'de> {
-    fn record<A: MapAccess<'de>>(&mut self, mut map: A) -> std::result::Result<(), A::Error> {
-        self.fields.clear();
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            let value: &'de RawValue = map.next_value()?;
-            self.fields.push((key.0, value));
-        }
+/// A record's fields as they appear: keys unescaped (borrowed when they have no escapes),
+/// values raw.
+type Fields<'de> = Vec<(Cow<'de, str>, &'de RawValue)>;
+
+impl JsonWriter<'_> {
+    fn record(&mut self, fields: &Fields<'_>) -> Result<()> {
         let shape = self.shape;
         let record_time = || {
             if shape.time_key.is_empty() {
                 return None;
             }
-            self.fields
+            fields
                 .iter()
                 .find(|(k, _)| k == shape.time_key)
                 .and_then(|(_, v)| json_time(v.get()))
@@ -345,17 +325,11 @@ impl<'de> JsonWriter<'_, 'de> {
         let time = shape.time_param.or_else(record_time).unwrap_or(shape.now);
         let out = &mut self.out.lines;
         out.push(b'{');
-        let mut first = match shape
+        let mut first = !shape
             .format
             .write_prefix(out, &mut self.times, shape.tag_json, time)
-        {
-            Ok(wrote) => !wrote,
-            Err(e) => {
-                self.error = Some(BodyError::malformed(e.to_string()));
-                return Err(de::Error::custom("invalid time"));
-            }
-        };
-        for (key, value) in &self.fields {
+            .map_err(|e| BodyError::malformed(e.to_string()))?;
+        for (key, value) in fields {
             if shape.format.is_reserved(key.as_bytes()) {
                 continue;
             }
@@ -442,47 +416,69 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 }
 
 /// A top-level JSON value: one record, or an array of records.
-struct TopSeed<'w, 's, 'de>(&'w mut JsonWriter<'s, 'de>);
-
-impl<'de> DeserializeSeed<'de> for TopSeed<'_, '_, 'de> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
+enum Top<'de> {
+    Record(Fields<'de>),
+    Records(Vec<Fields<'de>>),
 }
 
-impl<'de> Visitor<'de> for TopSeed<'_, '_, 'de> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object (a record) or an array of objects")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<(), A::Error> {
-        self.0.record(map)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-        while seq.next_element_seed(RecordSeed(&mut *self.0))?.is_some() {}
-        Ok(())
+impl<'de> de::Deserialize<'de> for Top<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Top<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object (a record) or an array of objects")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Top<'de>, A::Error> {
+                fields(map).map(Top::Record)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Top<'de>, A::Error> {
+                let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(Record(f)) = seq.next_element()? {
+                    records.push(f);
+                }
+                Ok(Top::Records(records))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
 /// An element of a top-level array: must be a record.
-struct RecordSeed<'w, 's, 'de>(&'w mut JsonWriter<'s, 'de>);
+struct Record<'de>(Fields<'de>);
 
-impl<'de> DeserializeSeed<'de> for RecordSeed<'_, '_, 'de> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_map(self)
+impl<'de> de::Deserialize<'de> for Record<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Record<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object (each element of an array must be a record)")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Record<'de>, A::Error> {
+                fields(map).map(Record)
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
-impl<'de> Visitor<'de> for RecordSeed<'_, '_, 'de> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object (each element of an array must be a record)")
+fn fields<'de, A: MapAccess<'de>>(mut map: A) -> std::result::Result<Fields<'de>, A::Error> {
+    let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+    while let Some(key) = map.next_key::<Key<'de>>()? {
+        let value: &'de RawValue = map.next_value()?;
+        fields.push((key.0, value));
     }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<(), A::Error> {
-        self.0.record(map)
-    }
+    Ok(fields)
 }
 
 // -------------------------------------------------------------------------------- msgpack
@@ -702,7 +698,7 @@ mod tests {
         let e = run(BodyKind::Json, b"{\"a\":1}\n[{\"a\":1}, 5]", "", None).unwrap_err();
         assert!(e.detail.contains("line 2"), "{}", e.detail);
         let e = run(BodyKind::Json, b"\"just a string\"", "", None).unwrap_err();
-        assert!(e.detail.contains("byte offset 0"), "{}", e.detail);
+        assert!(e.detail.contains("line 1 column 15"), "{}", e.detail);
     }
 
     fn mp(v: &rmpv::Value) -> Vec<u8> {

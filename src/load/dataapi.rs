@@ -1,0 +1,1551 @@
+//! The Redshift Data API driver (`redshift.driver: redshift-data`): provisioned clusters
+//! (`cluster` + database `user`, or a Secrets Manager `secret_arn`) and Serverless
+//! (`workgroup`), with no connection to hold.
+//!
+//! The Data API has no interactive transaction, so exactly-once is built from one
+//! `BatchExecuteStatement` (its statements run in one transaction, committed or rolled back
+//! together):
+//!
+//! ```text
+//! ExecuteStatement  SELECT ... FROM ledger WHERE <these objects>     -- pre-filter, no lock
+//! BatchExecuteStatement [
+//!   LOCK ledger;
+//!   SELECT 1 / (CASE WHEN COUNT(*) = 0 THEN 1 ELSE 0 END) FROM ledger WHERE <these objects>;
+//!   COPY table FROM 's3://.../x.manifest' ... MANIFEST;             -- load_statements()
+//!   INSERT INTO ledger VALUES (<one row per object>), ...;
+//! ]
+//! ```
+//!
+//! The guard divides by zero, failing and rolling back the whole batch, when another importer
+//! loaded one of the objects between the pre-filter and the lock; the group is then filtered
+//! again and retried (a bounded number of times). Statements are polled with
+//! `DescribeStatement` at 50 ms doubling to 2 s, within an overall timeout; a failure names
+//! the sub-statement that failed and carries the Data API's error.
+//!
+//! Must never: put a secret in a log or an error (the COPY is shown masked); load an object the
+//! ledger holds for that table.
+
+// Until the importer's per-group dispatch calls `load_group` / `iam::init` (the lead wires
+// them in src/load/mod.rs), the binary does not reach every item here.
+#![allow(dead_code)]
+
+use super::iam;
+use super::ledger::{Group, Item, ItemResult, ledger_ident, manifest_location};
+use super::redshift;
+use super::rin::{Redshift, RinConfig, Target, quote_ident, quote_literal, split_qualified};
+use anyhow::{Context, Result, anyhow, bail};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Where statements run, exactly as the Data API requests name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Conn {
+    /// Picks the client; not a request field.
+    pub region: String,
+    pub cluster: Option<String>,
+    pub workgroup: Option<String>,
+    pub database: String,
+    pub db_user: Option<String>,
+    pub secret_arn: Option<String>,
+}
+
+impl Conn {
+    /// From a validated `redshift:` section with `driver: redshift-data`.
+    pub fn new(cfg: &RinConfig, r: &Redshift) -> Result<Conn> {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        if r.cluster.is_empty() == r.workgroup.is_empty() {
+            bail!("redshift-data: exactly one of redshift.cluster or redshift.workgroup");
+        }
+        let secret_arn = some(&r.secret_arn);
+        Ok(Conn {
+            region: iam::region_for(cfg, r),
+            cluster: some(&r.cluster),
+            workgroup: some(&r.workgroup),
+            database: r.dbname.clone(),
+            // Serverless maps the caller's IAM identity; a secret names its own user.
+            db_user: if r.cluster.is_empty() || secret_arn.is_some() {
+                None
+            } else {
+                some(&r.user)
+            },
+            secret_arn,
+        })
+    }
+}
+
+/// Whether a connection uses the Data API (`driver: redshift-data`).
+pub fn is_data_api(r: &Redshift) -> bool {
+    r.driver == "redshift-data"
+}
+
+/// A statement's state (`DescribeStatement` `Status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Submitted,
+    Picked,
+    Started,
+    Finished,
+    Aborted,
+    Failed,
+    Other(String),
+}
+
+impl State {
+    pub fn parse(s: &str) -> State {
+        match s {
+            "SUBMITTED" => State::Submitted,
+            "PICKED" => State::Picked,
+            "STARTED" => State::Started,
+            "FINISHED" => State::Finished,
+            "ABORTED" => State::Aborted,
+            "FAILED" => State::Failed,
+            o => State::Other(o.to_string()),
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        matches!(self, State::Finished | State::Aborted | State::Failed)
+    }
+}
+
+/// One sub-statement of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubStatus {
+    pub state: State,
+    pub error: Option<String>,
+    /// Rows returned or affected (a COPY: rows loaded); `None` where the API says -1.
+    pub result_rows: Option<i64>,
+    pub has_result_set: Option<bool>,
+}
+
+/// `DescribeStatement`'s answer, as far as the loader needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementStatus {
+    pub state: State,
+    pub error: Option<String>,
+    pub result_rows: Option<i64>,
+    pub has_result_set: Option<bool>,
+    /// A batch's statements, in order (empty for a single statement).
+    pub sub: Vec<SubStatus>,
+}
+
+/// A result row: each column as text, `None` for NULL.
+pub type Row = Vec<Option<String>>;
+
+/// The Data API calls the loader makes (the AWS SDK; a recording fake in tests).
+pub trait DataApiTransport: Send + Sync {
+    /// `ExecuteStatement`: the statement id.
+    fn execute(&self, conn: &Conn, sql: &str) -> impl Future<Output = Result<String>> + Send;
+    /// `BatchExecuteStatement` (one transaction): the batch id.
+    fn batch_execute(
+        &self,
+        conn: &Conn,
+        sqls: &[String],
+    ) -> impl Future<Output = Result<String>> + Send;
+    /// `DescribeStatement`.
+    fn describe(
+        &self,
+        conn: &Conn,
+        id: &str,
+    ) -> impl Future<Output = Result<StatementStatus>> + Send;
+    /// `GetStatementResult`, every page.
+    fn get_result(&self, conn: &Conn, id: &str) -> impl Future<Output = Result<Vec<Row>>> + Send;
+}
+
+/// Where manifests are written (S3; a recording fake in tests).
+pub trait ManifestWriter: Send + Sync {
+    fn put_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: String,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl ManifestWriter for aws_sdk_s3::Client {
+    async fn put_manifest(&self, bucket: &str, key: &str, body: String) -> Result<()> {
+        self.put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(body.into_bytes().into())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                anyhow!(
+                    "PutObject manifest s3://{bucket}/{key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            })
+    }
+}
+
+impl ManifestWriter for super::objects::Source {
+    async fn put_manifest(&self, bucket: &str, key: &str, body: String) -> Result<()> {
+        self.put(bucket, key, body).await
+    }
+}
+
+/// Polling and retry settings.
+#[derive(Debug, Clone)]
+pub struct Poll {
+    /// First wait after submitting; doubled after every `DescribeStatement` still running...
+    pub first: Duration,
+    /// ...up to this.
+    pub max: Duration,
+    /// A statement still running after this fails the load (it may still commit: the ledger
+    /// then makes the redelivered message a duplicate).
+    pub timeout: Duration,
+    /// Consecutive `DescribeStatement` errors tolerated while polling.
+    pub describe_errors: u32,
+    /// Batches tried per group when the guard finds an object loaded meanwhile.
+    pub guard_attempts: u32,
+}
+
+impl Default for Poll {
+    fn default() -> Self {
+        Poll {
+            first: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+            timeout: Duration::from_secs(30 * 60),
+            describe_errors: 3,
+            guard_attempts: 3,
+        }
+    }
+}
+
+/// The Data API driver: a transport, the polling policy and which ledgers exist.
+pub struct DataApi<T = SdkTransport> {
+    transport: T,
+    pub poll: Poll,
+    ensured: tokio::sync::Mutex<HashSet<Conn>>,
+    batch_id: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+impl DataApi<SdkTransport> {
+    /// The driver over the AWS SDK, with the credentials of the Rin config (or the default
+    /// chain). Cheap: clients are made per region on first use.
+    pub async fn from_config(cfg: &RinConfig) -> DataApi<SdkTransport> {
+        DataApi::new(SdkTransport::new(iam::sdk_config(cfg).await))
+    }
+}
+
+impl<T: DataApiTransport> DataApi<T> {
+    pub fn new(transport: T) -> DataApi<T> {
+        DataApi {
+            transport,
+            poll: Poll::default(),
+            ensured: tokio::sync::Mutex::new(HashSet::new()),
+            batch_id: Box::new(|| format!("{:016x}", rand::random::<u64>())),
+        }
+    }
+
+    /// Runs one statement to its end; `Err` unless it finished.
+    async fn run(&self, conn: &Conn, sql: &str, what: &str) -> Result<String> {
+        let id = self
+            .transport
+            .execute(conn, sql)
+            .await
+            .with_context(|| format!("ExecuteStatement ({what})"))?;
+        let st = self.wait(conn, &id).await?;
+        if st.state != State::Finished {
+            bail!(
+                "Data API statement {id} ({what}) {:?}: {}",
+                st.state,
+                st.error.as_deref().unwrap_or("no error given")
+            );
+        }
+        Ok(id)
+    }
+
+    /// Polls `DescribeStatement` until the statement is done: waits `first`, doubling to
+    /// `max`, for at most `timeout`.
+    pub async fn wait(&self, conn: &Conn, id: &str) -> Result<StatementStatus> {
+        let start = tokio::time::Instant::now();
+        let mut delay = self.poll.first;
+        let mut errors = 0;
+        loop {
+            tokio::time::sleep(delay).await;
+            match self.transport.describe(conn, id).await {
+                Ok(st) if st.state.done() => return Ok(st),
+                Ok(_) => errors = 0,
+                Err(e) => {
+                    errors += 1;
+                    if errors >= self.poll.describe_errors {
+                        return Err(e.context(format!("DescribeStatement {id}")));
+                    }
+                    warn!(id, "DescribeStatement: {e:#}; polling on");
+                }
+            }
+            if start.elapsed() >= self.poll.timeout {
+                bail!(
+                    "Data API statement {id} still running after {:?}; given up waiting (if it \
+                     commits, the ledger keeps the redelivery from loading again)",
+                    self.poll.timeout
+                );
+            }
+            delay = (delay * 2).min(self.poll.max);
+        }
+    }
+
+    /// Creates the ledger on `conn` if missing, once per driver (racing importers: retried).
+    async fn ensure_ledger(&self, conn: &Conn, cfg: &RinConfig) -> Result<()> {
+        let mut ensured = self.ensured.lock().await;
+        if ensured.contains(conn) {
+            return Ok(());
+        }
+        let ddl = ledger_ddl(cfg)?;
+        let ledger = ledger_ident(cfg);
+        for attempt in 0..3 {
+            let r = async {
+                let id = self.transport.batch_execute(conn, &ddl).await?;
+                let st = self.wait(conn, &id).await?;
+                match st.state {
+                    State::Finished => Ok(()),
+                    s => Err(anyhow!(
+                        "{s:?}: {}",
+                        st.error.as_deref().unwrap_or("no error given")
+                    )),
+                }
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    ensured.insert(conn.clone());
+                    return Ok(());
+                }
+                Err(e) if attempt < 2 => {
+                    warn!("creating the ledger {ledger}: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.context(format!("cannot create the ledger {ledger}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Indices (into `items`) of the `pending` objects the ledger holds for `qualified`.
+    async fn already_loaded(
+        &self,
+        conn: &Conn,
+        cfg: &RinConfig,
+        qualified: &str,
+        items: &[Item],
+        pending: &[usize],
+    ) -> Result<Vec<usize>> {
+        let sql = format!(
+            "SELECT bucket, object_key, etag, version_id FROM {} WHERE {}",
+            ledger_ident(cfg),
+            objects_condition(qualified, items, pending)
+        );
+        let id = self.run(conn, &sql, "ledger lookup").await?;
+        let rows = self
+            .transport
+            .get_result(conn, &id)
+            .await
+            .context("GetStatementResult (ledger lookup)")?;
+        let found: HashSet<[&str; 4]> = rows
+            .iter()
+            .map(|r| {
+                let col = |i: usize| r.get(i).and_then(|v| v.as_deref()).unwrap_or("");
+                [col(0), col(1), col(2), col(3)]
+            })
+            .collect();
+        Ok(pending
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let it = &items[i];
+                found.contains(&[
+                    it.bucket.as_str(),
+                    it.key.as_str(),
+                    it.etag.as_str(),
+                    it.version_id.as_str(),
+                ])
+            })
+            .collect())
+    }
+}
+
+/// What one batch did.
+enum Batch {
+    /// Committed; the COPY's row count where the API gave one.
+    Committed(Option<u64>),
+    /// The guard found an object loaded meanwhile: rolled back, filter again.
+    GuardTripped,
+}
+
+/// Position of the guard in a batch (after `LOCK`).
+const GUARD: usize = 1;
+
+/// Loads one group (one table on one Data API connection) exactly once; results in the order
+/// of `group.items`.
+pub async fn load_group<T: DataApiTransport, W: ManifestWriter>(
+    api: &DataApi<T>,
+    cfg: &RinConfig,
+    manifests: &W,
+    group: &Group,
+) -> Result<Vec<ItemResult>> {
+    let target = cfg.target(group.dest.target);
+    let conn = Conn::new(cfg, &target.redshift)?;
+    api.ensure_ledger(&conn, cfg).await.context("ledger")?;
+    let qualified = group.dest.qualified();
+    let items = &group.items;
+    let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+    // The same object twice in one group loads once.
+    let mut pending: Vec<usize> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        if pending.iter().any(|&j| items[j] == *it) {
+            results[i] = Some(ItemResult::Duplicate);
+        } else {
+            pending.push(i);
+        }
+    }
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        let loaded = api
+            .already_loaded(&conn, cfg, &qualified, items, &pending)
+            .await?;
+        for &i in &loaded {
+            results[i] = Some(ItemResult::Duplicate);
+        }
+        pending.retain(|i| !loaded.contains(i));
+        if pending.is_empty() {
+            break;
+        }
+        attempt += 1;
+        if attempt > api.poll.guard_attempts {
+            bail!(
+                "{qualified}: the ledger guard found objects loaded meanwhile {} times in a \
+                 row; leaving {} object(s) for the redelivery",
+                api.poll.guard_attempts,
+                pending.len()
+            );
+        }
+        match load_batch(api, &conn, cfg, target, manifests, group, &pending).await? {
+            Batch::Committed(rows) => {
+                let single = pending.len() == 1;
+                for &i in &pending {
+                    results[i] = Some(ItemResult::Loaded(if single { rows } else { None }));
+                }
+                break;
+            }
+            Batch::GuardTripped => {
+                warn!(table = %qualified, attempt, "an object was loaded by another importer meanwhile; filtering again");
+            }
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(ItemResult::Duplicate))
+        .collect())
+}
+
+/// Writes the manifest of `pending`, runs the batch and reads its outcome.
+async fn load_batch<T: DataApiTransport, W: ManifestWriter>(
+    api: &DataApi<T>,
+    conn: &Conn,
+    cfg: &RinConfig,
+    target: &Target,
+    manifests: &W,
+    group: &Group,
+    pending: &[usize],
+) -> Result<Batch> {
+    let items = &group.items;
+    let qualified = group.dest.qualified();
+    let ledger = ledger_ident(cfg);
+    let listed: Vec<(&str, &str)> = pending
+        .iter()
+        .map(|&i| (items[i].bucket.as_str(), items[i].key.as_str()))
+        .collect();
+    let (mbucket, mprefix) = manifest_location(cfg, &target.s3.bucket);
+    let mkey = redshift::manifest_key(&mprefix, &qualified, &listed);
+    manifests
+        .put_manifest(&mbucket, &mkey, redshift::manifest_json(&listed))
+        .await
+        .context("writing the manifest")?;
+    let url = format!("s3://{mbucket}/{mkey}");
+    let load = load_statements(cfg, target, &qualified, &url, false);
+    let shown = load_statements(cfg, target, &qualified, &url, true);
+    let batch_id = (api.batch_id)();
+    let cond = objects_condition(&qualified, items, pending);
+    let mut sqls = vec![
+        format!("LOCK {ledger}"),
+        format!("SELECT 1 / (CASE WHEN COUNT(*) = 0 THEN 1 ELSE 0 END) FROM {ledger} WHERE {cond}"),
+    ];
+    let mut kinds = vec!["LOCK".to_string(), "ledger guard".to_string()];
+    let first_load = sqls.len();
+    sqls.extend(load);
+    kinds.extend(shown.iter().cloned());
+    let rows: Vec<String> = pending
+        .iter()
+        .map(|&i| {
+            let it = &items[i];
+            format!(
+                "({}, {}, {}, {}, {}, NULL, {}, NULL, SYSDATE)",
+                quote_literal(&it.bucket),
+                quote_literal(&it.key),
+                quote_literal(&it.etag),
+                quote_literal(&it.version_id),
+                quote_literal(&qualified),
+                quote_literal(&batch_id)
+            )
+        })
+        .collect();
+    sqls.push(format!(
+        "INSERT INTO {ledger} (bucket, object_key, etag, version_id, target, row_count, \
+         batch_id, batch_rows, loaded_at) VALUES {}",
+        rows.join(", ")
+    ));
+    kinds.push("ledger INSERT".to_string());
+    for s in &shown {
+        info!(sql = %s, objects = pending.len(), "COPY (Data API)");
+    }
+    let id = api
+        .transport
+        .batch_execute(conn, &sqls)
+        .await
+        .context("BatchExecuteStatement")?;
+    let st = api.wait(conn, &id).await?;
+    match st.state {
+        State::Finished => {
+            // The COPY is the last load statement; its row count where the API has one.
+            let copy = first_load + shown.len() - 1;
+            let rows = st
+                .sub
+                .get(copy)
+                .and_then(|s| s.result_rows)
+                .and_then(|n| u64::try_from(n).ok());
+            info!(table = %qualified, objects = pending.len(), rows = ?rows, batch_id, statement = %id, "committed (Data API)");
+            Ok(Batch::Committed(rows))
+        }
+        State::Failed => {
+            let error = st
+                .error
+                .clone()
+                .or_else(|| st.sub.iter().find_map(|s| s.error.clone()))
+                .unwrap_or_else(|| "no error given".to_string());
+            let failed = st.sub.iter().position(|s| s.state == State::Failed);
+            let division = error.to_ascii_lowercase().contains("by zero");
+            if division && failed.is_none_or(|k| k == GUARD) {
+                return Ok(Batch::GuardTripped);
+            }
+            let at = match failed {
+                Some(k) => format!(
+                    " at statement {} of {} ({})",
+                    k + 1,
+                    sqls.len(),
+                    kinds.get(k).map(String::as_str).unwrap_or("?")
+                ),
+                None => String::new(),
+            };
+            Err(anyhow!(
+                "Data API batch {id} into {qualified} failed{at}: {error}"
+            ))
+        }
+        s => Err(anyhow!(
+            "Data API batch {id} into {qualified} {s:?}: {}",
+            st.error.as_deref().unwrap_or("no error given")
+        )),
+    }
+}
+
+/// The statements that load the manifest into the table (today: the COPY). The one place to
+/// swap for the target's insert mode. With `masked`, secrets are `****` (for logs and errors).
+fn load_statements(
+    cfg: &RinConfig,
+    target: &Target,
+    qualified: &str,
+    manifest_url: &str,
+    masked: bool,
+) -> Vec<String> {
+    vec![redshift::copy_sql(
+        qualified,
+        manifest_url,
+        &cfg.credentials,
+        cfg.ext.authorization,
+        &target.s3.region,
+        &target.sql_option,
+        masked,
+    )]
+}
+
+/// `target = 'q' AND ((bucket = .. AND object_key = .. AND etag = .. AND version_id = ..) OR ..)`
+fn objects_condition(qualified: &str, items: &[Item], pending: &[usize]) -> String {
+    let each: Vec<String> = pending
+        .iter()
+        .map(|&i| {
+            let it = &items[i];
+            format!(
+                "(bucket = {} AND object_key = {} AND etag = {} AND version_id = {})",
+                quote_literal(&it.bucket),
+                quote_literal(&it.key),
+                quote_literal(&it.etag),
+                quote_literal(&it.version_id)
+            )
+        })
+        .collect();
+    format!(
+        "target = {} AND ({})",
+        quote_literal(qualified),
+        each.join(" OR ")
+    )
+}
+
+/// The ledger's DDL on Redshift (as `ledger::ensure_ledger` creates it), one statement each.
+fn ledger_ddl(cfg: &RinConfig) -> Result<Vec<String>> {
+    let (schema, _) = split_qualified(&cfg.ext.ledger_table)?;
+    let mut ddl = Vec::new();
+    if schema != "public" {
+        ddl.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(&schema)
+        ));
+    }
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {} (bucket varchar(1024) NOT NULL, \
+         object_key varchar(4096) NOT NULL, etag varchar(256) NOT NULL, \
+         version_id varchar(1024) NOT NULL, target varchar(1024) NOT NULL, row_count bigint, \
+         batch_id varchar(64) NOT NULL, batch_rows bigint, loaded_at timestamptz NOT NULL)",
+        ledger_ident(cfg)
+    ));
+    Ok(ddl)
+}
+
+/// The Data API over the AWS SDK, one client per region.
+pub struct SdkTransport {
+    base: aws_config::SdkConfig,
+    clients: std::sync::Mutex<HashMap<String, aws_sdk_redshiftdata::Client>>,
+}
+
+impl SdkTransport {
+    pub fn new(base: aws_config::SdkConfig) -> SdkTransport {
+        SdkTransport {
+            base,
+            clients: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, region: &str) -> aws_sdk_redshiftdata::Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let c = aws_sdk_redshiftdata::config::Builder::from(&self.base)
+                    .region(aws_config::Region::new(region.to_string()))
+                    .build();
+                aws_sdk_redshiftdata::Client::from_conf(c)
+            })
+            .clone()
+    }
+}
+
+fn sdk_err<E, R>(e: aws_sdk_redshiftdata::error::SdkError<E, R>) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    anyhow!("{}", aws_sdk_redshiftdata::error::DisplayErrorContext(&e))
+}
+
+fn rows_or_none(n: i64) -> Option<i64> {
+    (n >= 0).then_some(n)
+}
+
+impl DataApiTransport for SdkTransport {
+    async fn execute(&self, conn: &Conn, sql: &str) -> Result<String> {
+        let out = self
+            .client(&conn.region)
+            .execute_statement()
+            .sql(sql)
+            .database(&conn.database)
+            .set_cluster_identifier(conn.cluster.clone())
+            .set_workgroup_name(conn.workgroup.clone())
+            .set_db_user(conn.db_user.clone())
+            .set_secret_arn(conn.secret_arn.clone())
+            .statement_name("rin-ship")
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        out.id.ok_or_else(|| anyhow!("ExecuteStatement gave no id"))
+    }
+
+    async fn batch_execute(&self, conn: &Conn, sqls: &[String]) -> Result<String> {
+        let out = self
+            .client(&conn.region)
+            .batch_execute_statement()
+            .set_sqls(Some(sqls.to_vec()))
+            .database(&conn.database)
+            .set_cluster_identifier(conn.cluster.clone())
+            .set_workgroup_name(conn.workgroup.clone())
+            .set_db_user(conn.db_user.clone())
+            .set_secret_arn(conn.secret_arn.clone())
+            .statement_name("rin-ship")
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        out.id
+            .ok_or_else(|| anyhow!("BatchExecuteStatement gave no id"))
+    }
+
+    async fn describe(&self, conn: &Conn, id: &str) -> Result<StatementStatus> {
+        let out = self
+            .client(&conn.region)
+            .describe_statement()
+            .id(id)
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        Ok(StatementStatus {
+            state: State::parse(out.status.as_ref().map(|s| s.as_str()).unwrap_or("")),
+            error: out.error.clone(),
+            result_rows: rows_or_none(out.result_rows),
+            has_result_set: out.has_result_set,
+            sub: out
+                .sub_statements
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| SubStatus {
+                    state: State::parse(s.status.as_ref().map(|s| s.as_str()).unwrap_or("")),
+                    error: s.error,
+                    result_rows: rows_or_none(s.result_rows),
+                    has_result_set: s.has_result_set,
+                })
+                .collect(),
+        })
+    }
+
+    async fn get_result(&self, conn: &Conn, id: &str) -> Result<Vec<Row>> {
+        use aws_sdk_redshiftdata::types::Field;
+        let client = self.client(&conn.region);
+        let mut rows = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = client
+                .get_statement_result()
+                .id(id)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            for rec in out.records {
+                rows.push(
+                    rec.into_iter()
+                        .map(|f| match f {
+                            Field::StringValue(s) => Some(s),
+                            Field::LongValue(n) => Some(n.to_string()),
+                            Field::DoubleValue(d) => Some(d.to_string()),
+                            Field::BooleanValue(b) => Some(b.to_string()),
+                            _ => None,
+                        })
+                        .collect(),
+                );
+            }
+            match out.next_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(rows),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::rin::Destination;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// One Data API (or S3) request, as sent.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Execute(Conn, String),
+        Batch(Conn, Vec<String>),
+        Describe(String),
+        Result(String),
+        Manifest(String, String, String),
+    }
+
+    /// Answers from a script, records every request and when (tokio's clock) it came.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<(Duration, Call)>>,
+        /// Per statement id: `DescribeStatement` answers in order (the last one repeats).
+        describes: Mutex<HashMap<String, VecDeque<StatementStatus>>>,
+        results: Mutex<HashMap<String, Vec<Row>>>,
+        /// Ids handed out by execute / batch_execute, in order.
+        ids: Mutex<VecDeque<String>>,
+        start: Mutex<Option<tokio::time::Instant>>,
+    }
+
+    impl Fake {
+        fn record(&self, c: Call) {
+            let start = *self
+                .start
+                .lock()
+                .unwrap()
+                .get_or_insert_with(tokio::time::Instant::now);
+            self.calls.lock().unwrap().push((start.elapsed(), c));
+        }
+        fn next_id(&self) -> String {
+            self.ids.lock().unwrap().pop_front().expect("a scripted id")
+        }
+        fn calls(&self) -> Vec<Call> {
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, c)| c.clone())
+                .collect()
+        }
+        fn script(self, id: &str, answers: Vec<StatementStatus>) -> Self {
+            self.ids.lock().unwrap().push_back(id.to_string());
+            self.describes
+                .lock()
+                .unwrap()
+                .insert(id.to_string(), answers.into());
+            self
+        }
+        fn rows(self, id: &str, rows: Vec<Row>) -> Self {
+            self.results.lock().unwrap().insert(id.to_string(), rows);
+            self
+        }
+    }
+
+    impl DataApiTransport for Fake {
+        async fn execute(&self, conn: &Conn, sql: &str) -> Result<String> {
+            self.record(Call::Execute(conn.clone(), sql.to_string()));
+            Ok(self.next_id())
+        }
+        async fn batch_execute(&self, conn: &Conn, sqls: &[String]) -> Result<String> {
+            self.record(Call::Batch(conn.clone(), sqls.to_vec()));
+            Ok(self.next_id())
+        }
+        async fn describe(&self, _conn: &Conn, id: &str) -> Result<StatementStatus> {
+            self.record(Call::Describe(id.to_string()));
+            let mut d = self.describes.lock().unwrap();
+            let q = d.get_mut(id).expect("a scripted statement");
+            Ok(if q.len() > 1 {
+                q.pop_front().unwrap()
+            } else {
+                q[0].clone()
+            })
+        }
+        async fn get_result(&self, _conn: &Conn, id: &str) -> Result<Vec<Row>> {
+            self.record(Call::Result(id.to_string()));
+            Ok(self
+                .results
+                .lock()
+                .unwrap()
+                .get(id)
+                .cloned()
+                .unwrap_or_default())
+        }
+    }
+
+    impl ManifestWriter for Fake {
+        async fn put_manifest(&self, bucket: &str, key: &str, body: String) -> Result<()> {
+            self.record(Call::Manifest(bucket.into(), key.into(), body));
+            Ok(())
+        }
+    }
+
+    fn status(state: State) -> StatementStatus {
+        StatementStatus {
+            state,
+            error: None,
+            result_rows: None,
+            has_result_set: None,
+            sub: Vec::new(),
+        }
+    }
+
+    fn finished() -> StatementStatus {
+        status(State::Finished)
+    }
+
+    fn sub(state: State, rows: Option<i64>, error: Option<&str>) -> SubStatus {
+        SubStatus {
+            state,
+            error: error.map(str::to_string),
+            result_rows: rows,
+            has_result_set: Some(false),
+        }
+    }
+
+    fn batch_done(copy_rows: i64) -> StatementStatus {
+        StatementStatus {
+            sub: vec![
+                sub(State::Finished, Some(0), None),
+                sub(State::Finished, Some(1), None),
+                sub(State::Finished, Some(copy_rows), None),
+                sub(State::Finished, Some(1), None),
+            ],
+            ..finished()
+        }
+    }
+
+    fn batch_failed(at: usize, error: &str) -> StatementStatus {
+        let mut subs = Vec::new();
+        for k in 0..4 {
+            subs.push(match k.cmp(&at) {
+                std::cmp::Ordering::Less => sub(State::Finished, Some(0), None),
+                std::cmp::Ordering::Equal => sub(State::Failed, None, Some(error)),
+                std::cmp::Ordering::Greater => sub(State::Aborted, None, None),
+            });
+        }
+        StatementStatus {
+            state: State::Failed,
+            error: Some(error.to_string()),
+            sub: subs,
+            ..finished()
+        }
+    }
+
+    const CLUSTER: &str = r#"queue_name: q
+credentials:
+  aws_region: ap-northeast-1
+  aws_iam_role: arn:aws:iam::123456789012:role/rin
+rin_ship:
+  authorization: iam_role
+redshift:
+  driver: redshift-data
+  cluster: mycluster
+  dbname: dev
+  user: loader
+s3:
+  bucket: logs
+  region: ap-northeast-1
+sql_option: "JSON 'auto' GZIP"
+targets:
+  - redshift: {schema: public, table: access}
+    s3: {key_prefix: app/}
+"#;
+
+    const SERVERLESS: &str = r#"queue_name: q
+redshift:
+  driver: redshift-data
+  workgroup: wg
+  dbname: dev
+  secret_arn: arn:aws:secretsmanager:us-west-2:123456789012:secret:rs-AbC
+  region: us-west-2
+s3:
+  bucket: logs
+  region: us-west-2
+rin_ship:
+  ledger_table: rin.ledger
+  authorization: iam_role
+targets:
+  - redshift: {table: access}
+    s3: {key_prefix: app/}
+"#;
+
+    fn parse(src: &str) -> RinConfig {
+        RinConfig::parse(src, &|_| None).unwrap()
+    }
+
+    fn item(key: &str, etag: &str) -> Item {
+        Item {
+            bucket: "logs".into(),
+            key: key.into(),
+            etag: etag.into(),
+            version_id: String::new(),
+        }
+    }
+
+    fn group(items: Vec<Item>) -> Group {
+        Group {
+            dest: Destination {
+                target: 0,
+                schema: "public".into(),
+                table: "access".into(),
+            },
+            items,
+        }
+    }
+
+    fn driver(fake: Fake) -> DataApi<Fake> {
+        let mut a = DataApi::new(fake);
+        a.batch_id = Box::new(|| "b0".to_string());
+        a
+    }
+
+    fn cluster_conn() -> Conn {
+        Conn {
+            region: "ap-northeast-1".into(),
+            cluster: Some("mycluster".into()),
+            workgroup: None,
+            database: "dev".into(),
+            db_user: Some("loader".into()),
+            secret_arn: None,
+        }
+    }
+
+    const LEDGER: &str = "\"public\".\"rin_ship_ledger\"";
+    const DDL: &str = "CREATE TABLE IF NOT EXISTS \"public\".\"rin_ship_ledger\" (bucket varchar(1024) NOT NULL, object_key varchar(4096) NOT NULL, etag varchar(256) NOT NULL, version_id varchar(1024) NOT NULL, target varchar(1024) NOT NULL, row_count bigint, batch_id varchar(64) NOT NULL, batch_rows bigint, loaded_at timestamptz NOT NULL)";
+
+    fn cond(items: &[(&str, &str)]) -> String {
+        let each: Vec<String> = items
+            .iter()
+            .map(|(k, e)| {
+                format!(
+                    "(bucket = 'logs' AND object_key = '{k}' AND etag = '{e}' AND version_id = '')"
+                )
+            })
+            .collect();
+        format!(
+            "target = '\"public\".\"access\"' AND ({})",
+            each.join(" OR ")
+        )
+    }
+
+    fn manifest_of(keys: &[&str]) -> (String, String) {
+        let listed: Vec<(&str, &str)> = keys.iter().map(|k| ("logs", *k)).collect();
+        (
+            redshift::manifest_key("rin-ship/manifests/", "\"public\".\"access\"", &listed),
+            redshift::manifest_json(&listed),
+        )
+    }
+
+    fn batch_sqls(items: &[(&str, &str)], mkey: &str) -> Vec<String> {
+        let c = cond(items);
+        let rows: Vec<String> = items
+            .iter()
+            .map(|(k, e)| {
+                format!(
+                    "('logs', '{k}', '{e}', '', '\"public\".\"access\"', NULL, 'b0', NULL, SYSDATE)"
+                )
+            })
+            .collect();
+        vec![
+            format!("LOCK {LEDGER}"),
+            format!(
+                "SELECT 1 / (CASE WHEN COUNT(*) = 0 THEN 1 ELSE 0 END) FROM {LEDGER} WHERE {c}"
+            ),
+            format!(
+                "/* rin-ship */ COPY \"public\".\"access\" FROM 's3://logs/{mkey}' IAM_ROLE 'arn:aws:iam::123456789012:role/rin' MANIFEST REGION 'ap-northeast-1' JSON 'auto' GZIP"
+            ),
+            format!(
+                "INSERT INTO {LEDGER} (bucket, object_key, etag, version_id, target, row_count, batch_id, batch_rows, loaded_at) VALUES {}",
+                rows.join(", ")
+            ),
+        ]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_load_golden() {
+        let cfg = parse(CLUSTER);
+        let fake = Fake::default()
+            .script("ddl", vec![finished()])
+            .script("sel", vec![status(State::Started), finished()])
+            .script("batch", vec![status(State::Picked), batch_done(42)]);
+        let api = driver(fake);
+        let g = group(vec![
+            item("app/a.json.gz", "e1"),
+            item("app/b's.json.gz", "e2"),
+        ]);
+        let r = load_group(&api, &cfg, &api.transport, &g).await.unwrap();
+        assert_eq!(r, vec![ItemResult::Loaded(None), ItemResult::Loaded(None)]);
+        let objs = [("app/a.json.gz", "e1"), ("app/b''s.json.gz", "e2")];
+        let (mkey, mbody) = manifest_of(&["app/a.json.gz", "app/b's.json.gz"]);
+        assert_eq!(
+            api.transport.calls(),
+            vec![
+                Call::Batch(cluster_conn(), vec![DDL.to_string()]),
+                Call::Describe("ddl".into()),
+                Call::Execute(
+                    cluster_conn(),
+                    format!(
+                        "SELECT bucket, object_key, etag, version_id FROM {LEDGER} WHERE {}",
+                        cond(&objs)
+                    )
+                ),
+                Call::Describe("sel".into()),
+                Call::Describe("sel".into()),
+                Call::Result("sel".into()),
+                Call::Manifest("logs".into(), mkey.clone(), mbody),
+                Call::Batch(cluster_conn(), batch_sqls(&objs, &mkey)),
+                Call::Describe("batch".into()),
+                Call::Describe("batch".into()),
+            ]
+        );
+        // One object: its row count comes from the COPY sub-statement. The ledger exists now.
+        let fake = Fake::default()
+            .script("sel", vec![finished()])
+            .script("batch", vec![batch_done(7)]);
+        let api2 = DataApi {
+            transport: fake,
+            ensured: tokio::sync::Mutex::new([cluster_conn()].into_iter().collect()),
+            ..api
+        };
+        let g = group(vec![item("app/c.json.gz", "e3")]);
+        let r = load_group(&api2, &cfg, &api2.transport, &g).await.unwrap();
+        assert_eq!(r, vec![ItemResult::Loaded(Some(7))]);
+        assert!(matches!(api2.transport.calls()[0], Call::Execute(..)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn serverless_secret_fields() {
+        let cfg = parse(SERVERLESS);
+        let fake = Fake::default()
+            .script("ddl", vec![finished()])
+            .script("sel", vec![finished()])
+            .script("batch", vec![batch_done(3)]);
+        let api = driver(fake);
+        let g = Group {
+            dest: Destination {
+                target: 0,
+                schema: String::new(),
+                table: "access".into(),
+            },
+            items: vec![item("app/a.json.gz", "e1")],
+        };
+        let r = load_group(&api, &cfg, &api.transport, &g).await.unwrap();
+        assert_eq!(r, vec![ItemResult::Loaded(Some(3))]);
+        let conn = Conn {
+            region: "us-west-2".into(),
+            cluster: None,
+            workgroup: Some("wg".into()),
+            database: "dev".into(),
+            db_user: None,
+            secret_arn: Some("arn:aws:secretsmanager:us-west-2:123456789012:secret:rs-AbC".into()),
+        };
+        let calls = api.transport.calls();
+        assert_eq!(
+            calls[0],
+            Call::Batch(
+                conn.clone(),
+                vec![
+                    "CREATE SCHEMA IF NOT EXISTS \"rin\"".to_string(),
+                    DDL.replace("\"public\".\"rin_ship_ledger\"", "\"rin\".\"ledger\"")
+                ]
+            )
+        );
+        let Call::Batch(c, sqls) = &calls[6] else {
+            panic!("{calls:?}")
+        };
+        assert_eq!(*c, conn);
+        assert_eq!(sqls[0], "LOCK \"rin\".\"ledger\"");
+        assert!(
+            sqls[2]
+                .starts_with("/* rin-ship */ COPY \"access\" FROM 's3://logs/rin-ship/manifests/"),
+            "{}",
+            sqls[2]
+        );
+        assert!(
+            sqls[2].ends_with("' IAM_ROLE default MANIFEST REGION 'us-west-2'"),
+            "{}",
+            sqls[2]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guard_finds_object_loaded_meanwhile() {
+        let cfg = parse(CLUSTER);
+        // The pre-filter finds a.json.gz loaded; the batch for b and c then trips the guard
+        // (another importer committed c meanwhile); the second pre-filter finds c; b loads.
+        let fake = Fake::default()
+            .script("sel1", vec![finished()])
+            .rows(
+                "sel1",
+                vec![vec![
+                    Some("logs".into()),
+                    Some("app/a.json.gz".into()),
+                    Some("e1".into()),
+                    Some(String::new()),
+                ]],
+            )
+            .script(
+                "batch1",
+                vec![batch_failed(GUARD, "ERROR: division by zero")],
+            )
+            .script("sel2", vec![finished()])
+            .rows(
+                "sel2",
+                vec![vec![
+                    Some("logs".into()),
+                    Some("app/c.json.gz".into()),
+                    Some("e3".into()),
+                    Some(String::new()),
+                ]],
+            )
+            .script("batch2", vec![batch_done(5)]);
+        let mut api = driver(fake);
+        api.ensured = tokio::sync::Mutex::new([cluster_conn()].into_iter().collect());
+        let g = group(vec![
+            item("app/a.json.gz", "e1"),
+            item("app/b.json.gz", "e2"),
+            item("app/c.json.gz", "e3"),
+            item("app/b.json.gz", "e2"),
+        ]);
+        let r = load_group(&api, &cfg, &api.transport, &g).await.unwrap();
+        assert_eq!(
+            r,
+            vec![
+                ItemResult::Duplicate,
+                ItemResult::Loaded(Some(5)),
+                ItemResult::Duplicate,
+                ItemResult::Duplicate,
+            ]
+        );
+        let all = [
+            ("app/a.json.gz", "e1"),
+            ("app/b.json.gz", "e2"),
+            ("app/c.json.gz", "e3"),
+        ];
+        let bc = [("app/b.json.gz", "e2"), ("app/c.json.gz", "e3")];
+        let b = [("app/b.json.gz", "e2")];
+        let (mkey_bc, body_bc) = manifest_of(&["app/b.json.gz", "app/c.json.gz"]);
+        let (mkey_b, body_b) = manifest_of(&["app/b.json.gz"]);
+        let select = |c: &[(&str, &str)]| {
+            Call::Execute(
+                cluster_conn(),
+                format!(
+                    "SELECT bucket, object_key, etag, version_id FROM {LEDGER} WHERE {}",
+                    cond(c)
+                ),
+            )
+        };
+        assert_eq!(
+            api.transport.calls(),
+            vec![
+                select(&all),
+                Call::Describe("sel1".into()),
+                Call::Result("sel1".into()),
+                Call::Manifest("logs".into(), mkey_bc.clone(), body_bc),
+                Call::Batch(cluster_conn(), batch_sqls(&bc, &mkey_bc)),
+                Call::Describe("batch1".into()),
+                select(&bc),
+                Call::Describe("sel2".into()),
+                Call::Result("sel2".into()),
+                Call::Manifest("logs".into(), mkey_b.clone(), body_b),
+                Call::Batch(cluster_conn(), batch_sqls(&b, &mkey_b)),
+                Call::Describe("batch2".into()),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn everything_already_loaded_runs_no_batch() {
+        let cfg = parse(CLUSTER);
+        let fake = Fake::default().script("sel", vec![finished()]).rows(
+            "sel",
+            vec![vec![
+                Some("logs".into()),
+                Some("app/a.json.gz".into()),
+                Some("e1".into()),
+                None,
+            ]],
+        );
+        let mut api = driver(fake);
+        api.ensured = tokio::sync::Mutex::new([cluster_conn()].into_iter().collect());
+        let r = load_group(
+            &api,
+            &cfg,
+            &api.transport,
+            &group(vec![item("app/a.json.gz", "e1")]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r, vec![ItemResult::Duplicate]);
+        assert_eq!(
+            api.transport.calls().len(),
+            3,
+            "{:?}",
+            api.transport.calls()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guard_retries_are_bounded() {
+        let cfg = parse(CLUSTER);
+        let mut fake = Fake::default();
+        for n in 0..3 {
+            fake = fake.script(&format!("sel{n}"), vec![finished()]).script(
+                &format!("batch{n}"),
+                vec![batch_failed(GUARD, "ERROR: division by zero")],
+            );
+        }
+        let fake = fake.script("sel3", vec![finished()]);
+        let mut api = driver(fake);
+        api.ensured = tokio::sync::Mutex::new([cluster_conn()].into_iter().collect());
+        let e = load_group(
+            &api,
+            &cfg,
+            &api.transport,
+            &group(vec![item("app/a.json.gz", "e1")]),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("3 times in a row"), "{e:#}");
+        let batches = api
+            .transport
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Batch(..)))
+            .count();
+        assert_eq!(batches, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_copy_surfaces_the_error_masked() {
+        let mut cfg = parse(CLUSTER);
+        cfg.ext.authorization = crate::load::rin::Authorization::AccessKeys;
+        cfg.credentials.aws_access_key_id = "AKIAEXAMPLE".into();
+        cfg.credentials.aws_secret_access_key = "TOPSECRETKEY".into();
+        let err = "ERROR: Load into table 'access' failed. Check 'sys_load_error_detail' system table for details.";
+        let fake = Fake::default()
+            .script("sel", vec![finished()])
+            .script("batch", vec![status(State::Started), batch_failed(2, err)]);
+        let mut api = driver(fake);
+        api.ensured = tokio::sync::Mutex::new([cluster_conn()].into_iter().collect());
+        let e = load_group(
+            &api,
+            &cfg,
+            &api.transport,
+            &group(vec![item("app/a.json.gz", "e1")]),
+        )
+        .await
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains(err), "{msg}");
+        assert!(msg.contains("failed at statement 3 of 4 (/* rin-ship */ COPY \"public\".\"access\" FROM 's3://logs/rin-ship/manifests/"), "{msg}");
+        assert!(msg.contains("SECRET_ACCESS_KEY '****'"), "{msg}");
+        assert!(!msg.contains("TOPSECRETKEY"), "{msg}");
+        // The request itself carries the key (the COPY needs it).
+        let calls = api.transport.calls();
+        let Call::Batch(_, sqls) = &calls[4] else {
+            panic!("{calls:?}")
+        };
+        assert!(sqls[2].contains("SECRET_ACCESS_KEY 'TOPSECRETKEY'"));
+        // A division by zero elsewhere than the guard is an error too, not a duplicate.
+        let fake = Fake::default()
+            .script("sel", vec![finished()])
+            .script("batch", vec![batch_failed(3, "ERROR: division by zero")]);
+        let mut api = driver(fake);
+        api.ensured = tokio::sync::Mutex::new([cluster_conn()].into_iter().collect());
+        let e = load_group(
+            &api,
+            &cfg,
+            &api.transport,
+            &group(vec![item("app/a.json.gz", "e1")]),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("at statement 4 of 4 (ledger INSERT)"),
+            "{e:#}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_lookup_and_ddl_surface() {
+        let cfg = parse(CLUSTER);
+        let mut failed = status(State::Failed);
+        failed.error = Some("ERROR: permission denied for relation rin_ship_ledger".into());
+        let fake = Fake::default()
+            .script("ddl1", vec![failed.clone()])
+            .script("ddl2", vec![failed.clone()])
+            .script("ddl3", vec![failed]);
+        let api = driver(fake);
+        let e = load_group(
+            &api,
+            &cfg,
+            &api.transport,
+            &group(vec![item("app/a.json.gz", "e1")]),
+        )
+        .await
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("permission denied for relation rin_ship_ledger"),
+            "{msg}"
+        );
+        assert!(msg.contains("cannot create the ledger"), "{msg}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polling_backs_off_50ms_doubling_to_2s() {
+        let fake = Fake::default().script(
+            "s",
+            std::iter::repeat_n(status(State::Started), 9)
+                .chain([finished()])
+                .collect(),
+        );
+        let api = driver(fake);
+        let conn = cluster_conn();
+        let t0 = tokio::time::Instant::now();
+        let st = api.wait(&conn, "s").await.unwrap();
+        assert_eq!(st.state, State::Finished);
+        let at: Vec<u64> = api
+            .transport
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(d, _)| d.as_millis() as u64)
+            .collect();
+        // Describes at 50, 150, 350, 750, 1550, 3150, 5150, 7150, 9150, 11150 ms (the fake's
+        // clock starts at the first call, 50 ms in).
+        let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000]);
+        assert_eq!(at.len(), 10);
+        assert_eq!(t0.elapsed(), Duration::from_millis(11150));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polling_gives_up_at_the_timeout() {
+        let fake = Fake::default().script("s", vec![status(State::Started)]);
+        let mut api = driver(fake);
+        api.poll.timeout = Duration::from_secs(10);
+        let t0 = tokio::time::Instant::now();
+        let e = api.wait(&cluster_conn(), "s").await.unwrap_err();
+        assert!(e.to_string().contains("still running after 10s"), "{e}");
+        // 50+100+...+1600 = 3150, then 2 s steps: the first check at or past 10 s is 11150.
+        assert_eq!(t0.elapsed(), Duration::from_millis(11150));
+        assert_eq!(api.transport.calls().len(), 10);
+    }
+
+    /// The importer runs loads on spawned tasks: the real driver's future must be `Send`.
+    #[allow(dead_code)]
+    fn load_future_is_send(
+        api: &DataApi,
+        cfg: &RinConfig,
+        s3: &aws_sdk_s3::Client,
+        objects: &crate::load::objects::Source,
+        g: &Group,
+    ) {
+        fn send<F: Future + Send>(_: F) {}
+        send(load_group(api, cfg, s3, g));
+        send(load_group(api, cfg, objects, g));
+        send(crate::load::iam::credentials(&cfg.target(0).redshift));
+    }
+
+    #[test]
+    fn conns_from_config() {
+        let cfg = parse(CLUSTER);
+        assert_eq!(
+            Conn::new(&cfg, &cfg.target(0).redshift).unwrap(),
+            cluster_conn()
+        );
+        assert!(is_data_api(&cfg.target(0).redshift));
+        assert_eq!(
+            cfg.target(0).redshift.visible_dsn(),
+            "redshift-data://loader@cluster(mycluster)/dev"
+        );
+        let s = CLUSTER.replace(
+            "  user: loader\n",
+            "  secret_arn: arn:aws:secretsmanager:x\n",
+        );
+        let cfg = parse(&s);
+        let c = Conn::new(&cfg, &cfg.target(0).redshift).unwrap();
+        assert_eq!(c.db_user, None);
+        assert_eq!(c.secret_arn.as_deref(), Some("arn:aws:secretsmanager:x"));
+    }
+
+    #[test]
+    fn config_validation() {
+        let bad = |from: &str, to: &str, want: &str| {
+            let src = CLUSTER.replace(from, to);
+            let e = format!("{:#}", RinConfig::parse(&src, &|_| None).unwrap_err());
+            assert!(e.contains(want), "{from:?} -> {to:?}: {e}");
+        };
+        bad(
+            "  cluster: mycluster\n",
+            "",
+            "exactly one of redshift.cluster",
+        );
+        bad(
+            "  cluster: mycluster\n",
+            "  cluster: c\n  workgroup: w\n",
+            "exactly one of redshift.cluster",
+        );
+        bad("  user: loader\n", "", "exactly one of redshift.user");
+        bad(
+            "  user: loader\n",
+            "  user: loader\n  secret_arn: arn:x\n",
+            "exactly one of redshift.user",
+        );
+        bad("  dbname: dev\n", "", "needs redshift.dbname");
+        bad(
+            "  user: loader\n",
+            "  user: loader\n  password: pw\n",
+            "redshift.password is not used",
+        );
+        bad(
+            "  user: loader\n",
+            "  user: loader\n  iam_auth: true\n",
+            "iam_auth is for the wire protocol",
+        );
+        bad(
+            "  driver: redshift-data\n",
+            "  driver: mysql\n",
+            "redshift.driver \"mysql\": expected postgres, redshift-data or sqlite",
+        );
+        bad(
+            "rin_ship:\n",
+            "rin_ship:\n  warehouse: postgres\n",
+            "needs rin_ship.warehouse: redshift",
+        );
+        bad(
+            "  cluster: mycluster\n",
+            "  workgroup: wg\n",
+            "redshift.user is not used with a workgroup",
+        );
+        // IAM auth on the wire protocol.
+        let wire = CLUSTER.replace(
+            "  driver: redshift-data\n",
+            "  host: c.example\n  iam_auth: true\n",
+        );
+        let cfg = parse(&wire);
+        assert!(cfg.target(0).redshift.iam_auth);
+        assert_eq!(
+            cfg.target(0).redshift.visible_dsn(),
+            "loader:(iam cluster(mycluster))@c.example:0/dev"
+        );
+        let bad_wire = |from: &str, to: &str, want: &str| {
+            let src = wire.replace(from, to);
+            let e = format!("{:#}", RinConfig::parse(&src, &|_| None).unwrap_err());
+            assert!(e.contains(want), "{from:?} -> {to:?}: {e}");
+        };
+        bad_wire("  user: loader\n", "", "needs redshift.user");
+        bad_wire("  host: c.example\n", "", "needs redshift.host");
+        bad_wire(
+            "  user: loader\n",
+            "  user: loader\n  secret_arn: a\n",
+            "secret_arn is for driver redshift-data",
+        );
+        bad_wire(
+            "  user: loader\n",
+            "  user: loader\n  password: p\n",
+            "redshift.password is not used",
+        );
+        let sl = wire.replace(
+            "  cluster: mycluster\n  dbname: dev\n  user: loader\n",
+            "  workgroup: wg\n  dbname: dev\n",
+        );
+        assert!(parse(&sl).target(0).redshift.iam_auth);
+        bad(
+            "  user: loader\n",
+            "  user: loader\n  auto_create: true\n",
+            "auto_create needs iam_auth",
+        );
+        let plain = CLUSTER.replace("  driver: redshift-data\n", "  host: h\n  secret_arn: a\n");
+        assert!(RinConfig::parse(&plain, &|_| None).is_err());
+        // Per-target overrides inherit the new keys.
+        let per = CLUSTER.replace(
+            "  - redshift: {schema: public, table: access}",
+            "  - redshift: {schema: public, table: access, region: eu-west-1}",
+        );
+        let cfg = parse(&per);
+        assert_eq!(cfg.target(0).redshift.region, "eu-west-1");
+        assert_eq!(cfg.target(0).redshift.driver, "redshift-data");
+        assert_eq!(
+            Conn::new(&cfg, &cfg.target(0).redshift).unwrap().region,
+            "eu-west-1"
+        );
+    }
+}
