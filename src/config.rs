@@ -162,6 +162,8 @@ pub enum StoreConfig {
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
+// Without the `s3` feature an S3 store is validated, then refused at start.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
 pub struct S3Config {
     pub bucket: String,
     /// Prepended to every key of this store.

@@ -599,6 +599,7 @@ impl Usage {
     }
 
     /// No quota: for processes without a buffer (the importer's readiness never fails on it).
+    #[cfg(all(feature = "s3", feature = "sqs"))]
     pub fn unlimited() -> Usage {
         Usage::new(u64::MAX)
     }

@@ -459,18 +459,8 @@ async fn run(cfg: Arc<RinConfig>, args: BackfillArgs) -> Result<()> {
     let signals = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             for n in 0.. {
-                tokio::select! {
-                    _ = async {
-                        match term.as_mut() {
-                            Some(t) => { t.recv().await; }
-                            None => std::future::pending::<()>().await,
-                        }
-                    } => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
+                super::termination().await;
                 if n > 0 {
                     // The batch in flight rolls back: nothing half-loaded stays.
                     eprintln!("rin-ship: interrupted twice: exiting now");

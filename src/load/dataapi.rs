@@ -25,10 +25,6 @@
 //! Must never: put a secret in a log or an error (the COPY is shown masked); load an object the
 //! ledger holds for that table.
 
-// Until the importer's per-group dispatch calls `load_group` / `iam::init` (the lead wires
-// them in src/load/mod.rs), the binary does not reach every item here.
-#![allow(dead_code)]
-
 use super::iam;
 use super::ledger::{Group, Item, ItemResult, ledger_ident, manifest_location};
 use super::redshift;
@@ -468,8 +464,8 @@ async fn load_batch<T: DataApiTransport, W: ManifestWriter>(
         .await
         .context("writing the manifest")?;
     let url = format!("s3://{mbucket}/{mkey}");
-    let load = load_statements(cfg, target, &qualified, &url, false);
-    let shown = load_statements(cfg, target, &qualified, &url, true);
+    let (load, rows_at) = load_statements(cfg, target, &qualified, &url, false);
+    let (shown, _) = load_statements(cfg, target, &qualified, &url, true);
     let batch_id = (api.batch_id)();
     let cond = objects_condition(&qualified, items, pending);
     let mut sqls = vec![
@@ -512,11 +508,10 @@ async fn load_batch<T: DataApiTransport, W: ManifestWriter>(
     let st = api.wait(conn, &id).await?;
     match st.state {
         State::Finished => {
-            // The COPY is the last load statement; its row count where the API has one.
-            let copy = first_load + shown.len() - 1;
+            // The statement that writes the table's rows; its count where the API has one.
             let rows = st
                 .sub
-                .get(copy)
+                .get(first_load + rows_at)
                 .and_then(|s| s.result_rows)
                 .and_then(|n| u64::try_from(n).ok());
             info!(table = %qualified, objects = pending.len(), rows = ?rows, batch_id, statement = %id, "committed (Data API)");
@@ -553,24 +548,21 @@ async fn load_batch<T: DataApiTransport, W: ManifestWriter>(
     }
 }
 
-/// The statements that load the manifest into the table (today: the COPY). The one place to
-/// swap for the target's insert mode. With `masked`, secrets are `****` (for logs and errors).
+/// The statements that load the manifest into the table in the target's insert mode, and the
+/// index among them of the one whose row count is the rows written. With `masked`, secrets are
+/// `****` (for logs and errors).
 fn load_statements(
     cfg: &RinConfig,
     target: &Target,
     qualified: &str,
     manifest_url: &str,
     masked: bool,
-) -> Vec<String> {
-    vec![redshift::copy_sql(
-        qualified,
-        manifest_url,
-        &cfg.credentials,
-        cfg.ext.authorization,
-        &target.s3.region,
-        &target.sql_option,
-        masked,
-    )]
+) -> (Vec<String>, usize) {
+    let plan = redshift::LoadPlan::new(cfg, target, qualified, manifest_url);
+    (
+        redshift::load_statements(&plan, masked),
+        plan.rows_statement(),
+    )
 }
 
 /// `target = 'q' AND ((bucket = .. AND object_key = .. AND etag = .. AND version_id = ..) OR ..)`

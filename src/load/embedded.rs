@@ -132,6 +132,8 @@ pub async fn start(config: &Config, queue: LocalQueue) -> Result<Embedded> {
         cfg,
         objects: Source::Local(dirs),
         stats: Stats::default(),
+        #[cfg(feature = "redshift")]
+        data_api: None,
     });
     let (stop, stop_rx) = watch::channel(false);
     let (ready, inflight) = queue.depth();

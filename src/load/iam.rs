@@ -10,10 +10,6 @@
 //! Must never: print a password (the [`Secret`] type has no `Display`, and its `Debug` is
 //! `****`).
 
-// Until the importer's per-group dispatch calls `load_group` / `iam::init` (the lead wires
-// them in src/load/mod.rs), the binary does not reach every item here.
-#![allow(dead_code)]
-
 use super::rin::{Redshift, RinConfig};
 use anyhow::{Context, Result, anyhow};
 use std::collections::HashMap;

@@ -25,7 +25,7 @@ use super::rin::{Destination, InsertMode, RinConfig, Warehouse, quote_ident, spl
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 use tokio_postgres::Client;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// One object to load into one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,20 +252,7 @@ pub fn failure(e: &anyhow::Error) -> Option<&LoadFailure> {
 
 /// (bucket, key prefix) where quarantine records go.
 pub fn quarantine_location(cfg: &RinConfig, target_bucket: &str) -> (String, String) {
-    match cfg.ext.quarantine_prefix.strip_prefix("s3://") {
-        Some(rest) => {
-            let (b, k) = rest.split_once('/').unwrap_or((rest, ""));
-            let mut k = k.to_string();
-            if !k.is_empty() && !k.ends_with('/') {
-                k.push('/');
-            }
-            (b.to_string(), k)
-        }
-        None => (
-            target_bucket.to_string(),
-            "rin-ship/quarantine/".to_string(),
-        ),
-    }
+    s3_location(&cfg.ext.quarantine_prefix, target_bucket, "rin-ship/quarantine/")
 }
 
 /// The quarantine record's key: deterministic in (table, bucket, key, ETag), so a redelivery
@@ -664,7 +651,7 @@ async fn load_postgres(
             let n: i64 = counts.get(k);
             w.ledger_row(&w.group.items[i], Some(n), Some(rows as i64))
                 .await?;
-            info!(object = %w.group.items[i].url(), table = %qualified, rows = n, staged = b - a + 1, mode = mode.name(), "loaded");
+            debug!(object = %w.group.items[i].url(), table = %qualified, rows = n, staged = b - a + 1, mode = mode.name(), "written (commits with the group)");
             results[i] = Some(ItemResult::Loaded(Some(n as u64)));
         }
         if mode == InsertMode::OverwriteExisting {
@@ -698,7 +685,7 @@ async fn load_postgres(
             Err(e) => return Err(insert_failure(w, &e, [i])),
         };
         w.ledger_row(it, Some(rows as i64), None).await?;
-        info!(object = %it.url(), table = %qualified, rows, staged, "loaded");
+        debug!(object = %it.url(), table = %qualified, rows, staged, "written (commits with the group)");
         loaded_rows += rows;
         results[i] = Some(ItemResult::Loaded(Some(rows)));
     }
@@ -928,16 +915,22 @@ async fn first_value(tx: &tokio_postgres::Transaction<'_>, sql: &str) -> Result<
 
 /// (bucket, key prefix) where manifests go.
 pub fn manifest_location(cfg: &RinConfig, target_bucket: &str) -> (String, String) {
-    let p = &cfg.ext.manifest_prefix;
-    if let Some(rest) = p.strip_prefix("s3://") {
-        let (b, k) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut k = k.to_string();
-        if !k.is_empty() && !k.ends_with('/') {
-            k.push('/');
+    s3_location(&cfg.ext.manifest_prefix, target_bucket, "rin-ship/manifests/")
+}
+
+/// `s3://bucket/prefix/` as (bucket, prefix ending in `/`); empty: the target's bucket under
+/// `default_prefix`.
+fn s3_location(url: &str, target_bucket: &str, default_prefix: &str) -> (String, String) {
+    match url.strip_prefix("s3://") {
+        Some(rest) => {
+            let (b, k) = rest.split_once('/').unwrap_or((rest, ""));
+            let mut k = k.to_string();
+            if !k.is_empty() && !k.ends_with('/') {
+                k.push('/');
+            }
+            (b.to_string(), k)
         }
-        (b.to_string(), k)
-    } else {
-        (target_bucket.to_string(), "rin-ship/manifests/".to_string())
+        None => (target_bucket.to_string(), default_prefix.to_string()),
     }
 }
 

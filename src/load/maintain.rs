@@ -1027,22 +1027,11 @@ pub fn main(args: MaintainArgs) -> Result<()> {
         .thread_name("rin-maintain")
         .build()?
         .block_on(async move {
+            #[cfg(feature = "redshift")]
+            super::iam::init(&cfg).await;
             let (stop_tx, stop_rx) = watch::channel(false);
             tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                let term_fut = async {
-                    match term.as_mut() {
-                        Some(t) => {
-                            t.recv().await;
-                        }
-                        None => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::select! {
-                    _ = term_fut => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
+                super::termination().await;
                 info!("signal received: stopping maintenance");
                 let _ = stop_tx.send(true);
             });

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Command-line options of `rin-ship import`.
 #[derive(Debug, Clone)]
@@ -164,18 +164,10 @@ fn dry_run(cfg: &RinConfig, keys: &[String]) -> Result<()> {
                             let mkey = redshift::manifest_key(&mp, &q, &objects);
                             let url = format!("s3://{mb}/{mkey}");
                             println!("  manifest {url}: {}", redshift::manifest_json(&objects));
-                            println!(
-                                "  {}",
-                                redshift::copy_sql(
-                                    &q,
-                                    &url,
-                                    &cfg.credentials,
-                                    cfg.ext.authorization,
-                                    &t.s3.region,
-                                    &t.sql_option,
-                                    true
-                                )
-                            );
+                            let plan = redshift::LoadPlan::new(cfg, t, &q, &url);
+                            for sql in redshift::load_statements(&plan, true) {
+                                println!("  {sql}");
+                            }
                         }
                         Warehouse::Postgres => {
                             println!(
@@ -198,16 +190,60 @@ pub struct Ctx {
     pub cfg: Arc<RinConfig>,
     pub objects: objects::Source,
     pub stats: Stats,
+    /// The Redshift Data API client, when a target uses `driver: redshift-data`.
+    #[cfg(feature = "redshift")]
+    pub data_api: Option<Arc<dataapi::DataApi>>,
 }
 
 /// A [`Ctx`] reading objects from S3 (or the configured S3-compatible endpoint), for loading
 /// outside `run`: `rin-ship backfill`, the Lambda handler.
 pub async fn context(cfg: Arc<RinConfig>) -> Ctx {
     let s3 = aws::s3_client(&cfg).await;
+    // Temporary database passwords (`iam_auth`) come from the config's AWS credentials.
+    #[cfg(feature = "redshift")]
+    iam::init(&cfg).await;
+    #[cfg(feature = "redshift")]
+    let data_api = match cfg
+        .targets
+        .iter()
+        .any(|t| dataapi::is_data_api(&t.redshift))
+    {
+        true => Some(Arc::new(dataapi::DataApi::from_config(&cfg).await)),
+        false => None,
+    };
     Ctx {
         cfg,
         objects: objects::Source::S3(s3),
         stats: Stats::default(),
+        #[cfg(feature = "redshift")]
+        data_api,
+    }
+}
+
+/// Whether the object is one the importer itself wrote (a manifest or a quarantine record).
+fn is_own_object(cfg: &RinConfig, bucket: &str, key: &str) -> bool {
+    [ledger::manifest_location, ledger::quarantine_location]
+        .iter()
+        .any(|location| {
+            let (b, prefix) = location(cfg, bucket);
+            b == bucket && !prefix.is_empty() && key.starts_with(&prefix)
+        })
+}
+
+/// Resolves at SIGTERM or Ctrl-C (the commands of the COPY stage stop gracefully on either).
+pub async fn termination() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
     }
 }
 
@@ -247,20 +283,7 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
     {
         let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let term_fut = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = term_fut => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
+            termination().await;
             info!("signal received: finishing the loads in flight, then exiting");
             let _ = stop_tx.send(true);
         });
@@ -462,6 +485,13 @@ pub async fn load_objects(
         if !o.created {
             record(&st.not_created, "not_created", 1);
             info!(message_id = id, event = %o.event_name, key = %o.key, "not an object-created event: skipped");
+            continue;
+        }
+        if is_own_object(cfg, &o.bucket, &o.key) {
+            // A bucket notification without a prefix filter also reports our manifests and
+            // quarantine records; a catch-all target must never load them as data.
+            record(&st.no_target, "own_object", 1);
+            debug!(message_id = id, key = %o.key, "rin-ship's own manifest or quarantine record: ignored");
             continue;
         }
         match cfg.route(&o.bucket, &o.key) {
@@ -688,6 +718,15 @@ async fn load_with_conn(
     if conn.driver == "sqlite" {
         return sqlite::load(&ctx.cfg, &ctx.objects, &mut conns.sqlite, conn, g).await;
     }
+    #[cfg(feature = "redshift")]
+    if dataapi::is_data_api(conn) {
+        // One client per process; the driver creates the ledger on first use.
+        let api = ctx
+            .data_api
+            .as_ref()
+            .expect("set by context() for data-api targets");
+        return dataapi::load_group(api, &ctx.cfg, &ctx.objects, g).await;
+    }
     let wire = &mut conns.wire;
     if wire.get(conn).is_some_and(|c| c.is_closed()) {
         wire.remove(conn);
@@ -705,4 +744,26 @@ async fn load_with_conn(
         wire.remove(conn);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_manifests_and_quarantine_records_are_recognised() {
+        let mut cfg = RinConfig::parse(
+            "queue_name: q\ns3: {bucket: logs}\ntargets:\n  - redshift: {schema: s, table: t}\n    s3: {key_regexp: '.*'}\n",
+            &|_| None,
+        )
+        .unwrap();
+        assert!(is_own_object(&cfg, "logs", "rin-ship/manifests/x.manifest"));
+        assert!(is_own_object(&cfg, "logs", "rin-ship/quarantine/y.json"));
+        assert!(!is_own_object(&cfg, "logs", "app/rin-ship/manifests/x"));
+        cfg.ext.manifest_prefix = "s3://meta/m".into();
+        cfg.ext.quarantine_prefix = "s3://logs".into(); // a whole bucket: never "own"
+        assert!(is_own_object(&cfg, "meta", "m/x.manifest"));
+        assert!(!is_own_object(&cfg, "logs", "rin-ship/manifests/x.manifest"));
+        assert!(!is_own_object(&cfg, "logs", "app/a.json.gz"));
+    }
 }

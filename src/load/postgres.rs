@@ -69,7 +69,8 @@ where
     Ok(client)
 }
 
-fn tls_config() -> Result<rustls::ClientConfig> {
+/// A TLS client trusting the OS certificate store (warehouse connections, config URLs).
+pub fn tls_config() -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for c in found.certs {

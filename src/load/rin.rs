@@ -804,10 +804,11 @@ async fn fetch_http(uri: &hyper::Uri) -> Result<Vec<u8>> {
     let resp = if https {
         let name = rustls::pki_types::ServerName::try_from(bare.to_string())
             .map_err(|e| anyhow!("{host}: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config()?))
-            .connect(name, tcp)
-            .await
-            .context("TLS handshake")?;
+        let tls =
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(super::postgres::tls_config()?))
+                .connect(name, tcp)
+                .await
+                .context("TLS handshake")?;
         send_request(hyper_util::rt::TokioIo::new(tls), req).await?
     } else {
         send_request(hyper_util::rt::TokioIo::new(tcp), req).await?
@@ -838,19 +839,6 @@ where
 }
 
 /// rustls with the OS trust store (as the warehouse connections use).
-fn tls_client_config() -> Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS set-up")?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// An endpoint override the AWS SDK reads itself (`AWS_ENDPOINT_URL_S3`, else
 /// `AWS_ENDPOINT_URL`, unless `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`).
 fn s3_endpoint_from_env(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// One open database, shared by the loads of a worker.
 pub type Db = Arc<Mutex<Connection>>;
@@ -233,7 +233,7 @@ fn load_tx(
             ],
         )
         .context("ledger insert")?;
-        info!(object = %what, table = %target, rows, "loaded");
+        debug!(object = %what, table = %target, rows, "written (commits with the group)");
         total += rows;
         results.push(ItemResult::Loaded(Some(rows)));
     }

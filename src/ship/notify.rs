@@ -148,6 +148,7 @@ async fn sqs_notifier(store: &StoreConfig, n: &crate::config::SqsNotifyConfig) -
 /// What a queue URL says about where to send: AWS's own (`https://sqs.<region>.amazonaws.com/..`,
 /// `https://<region>.queue.amazonaws.com/..`) gives its region and leaves the endpoint to the
 /// SDK; any other server (moto, LocalStack, ElasticMQ) is the endpoint itself.
+#[cfg_attr(not(feature = "sqs"), allow(dead_code))]
 fn queue_endpoint(url: &str) -> (Option<String>, Option<String>) {
     let Some((scheme, rest)) = url.split_once("://") else {
         return (None, None);
