@@ -160,25 +160,6 @@ pub trait ManifestWriter: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
-impl ManifestWriter for aws_sdk_s3::Client {
-    async fn put_manifest(&self, bucket: &str, key: &str, body: String) -> Result<()> {
-        self.put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(body.into_bytes().into())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                anyhow!(
-                    "PutObject manifest s3://{bucket}/{key}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                )
-            })
-    }
-}
-
 impl ManifestWriter for super::objects::Source {
     async fn put_manifest(&self, bucket: &str, key: &str, body: String) -> Result<()> {
         self.put(bucket, key, body).await
@@ -1406,12 +1387,10 @@ targets:
     fn load_future_is_send(
         api: &DataApi,
         cfg: &RinConfig,
-        s3: &aws_sdk_s3::Client,
         objects: &crate::load::objects::Source,
         g: &Group,
     ) {
         fn send<F: Future + Send>(_: F) {}
-        send(load_group(api, cfg, s3, g));
         send(load_group(api, cfg, objects, g));
         send(crate::load::iam::credentials(&cfg.target(0).redshift));
     }

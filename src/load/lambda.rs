@@ -23,7 +23,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Mutex;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// The variables the Runtime API client and its config need (it panics without them).
 const LAMBDA_ENV: [&str; 4] = [
@@ -178,22 +178,8 @@ async fn handle(
         let mut conns = conns.lock().await;
         super::load_messages(ctx, &mut conns, &msgs).await
     };
-    let warn_at = ctx.cfg.ext.max_receive_count_warn;
     for (m, _) in msgs.iter().zip(&keep).filter(|(_, k)| **k) {
-        let n = m.receive_count;
-        if n >= warn_at {
-            error!(
-                message_id = %m.id,
-                receive_count = n,
-                "poison message: failed {n} times; left to the queue's redrive policy"
-            );
-        } else {
-            warn!(
-                message_id = %m.id,
-                receive_count = n,
-                "message reported as a batch item failure; it will be delivered again"
-            );
-        }
+        super::report_kept(&ctx.cfg, m, "reported as a batch item failure");
     }
     let resp = response(&msgs, &keep);
     let failed = resp.batch_item_failures.len();

@@ -252,7 +252,11 @@ pub fn failure(e: &anyhow::Error) -> Option<&LoadFailure> {
 
 /// (bucket, key prefix) where quarantine records go.
 pub fn quarantine_location(cfg: &RinConfig, target_bucket: &str) -> (String, String) {
-    s3_location(&cfg.ext.quarantine_prefix, target_bucket, "rin-ship/quarantine/")
+    s3_location(
+        &cfg.ext.quarantine_prefix,
+        target_bucket,
+        "rin-ship/quarantine/",
+    )
 }
 
 /// The quarantine record's key: deterministic in (table, bucket, key, ETag), so a redelivery
@@ -915,7 +919,11 @@ async fn first_value(tx: &tokio_postgres::Transaction<'_>, sql: &str) -> Result<
 
 /// (bucket, key prefix) where manifests go.
 pub fn manifest_location(cfg: &RinConfig, target_bucket: &str) -> (String, String) {
-    s3_location(&cfg.ext.manifest_prefix, target_bucket, "rin-ship/manifests/")
+    s3_location(
+        &cfg.ext.manifest_prefix,
+        target_bucket,
+        "rin-ship/manifests/",
+    )
 }
 
 /// `s3://bucket/prefix/` as (bucket, prefix ending in `/`); empty: the target's bucket under

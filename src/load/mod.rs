@@ -408,20 +408,7 @@ async fn process(ctx: &Ctx, queue: &Queue, conns: &mut Conns, msgs: Vec<Message>
         if keep[mi] {
             st.kept.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("rin_import_messages_total", "outcome" => "kept").increment(1);
-            let n = m.receive_count;
-            if n >= cfg.ext.max_receive_count_warn {
-                error!(
-                    message_id = %m.id,
-                    receive_count = n,
-                    "poison message: failed {n} times; left to the queue's redrive policy"
-                );
-            } else {
-                warn!(
-                    message_id = %m.id,
-                    receive_count = n,
-                    "message not deleted; it will be delivered again"
-                );
-            }
+            report_kept(cfg, m, "not deleted");
         } else {
             delete.push(receipts[mi].clone());
         }
@@ -441,6 +428,20 @@ async fn process(ctx: &Ctx, queue: &Queue, conns: &mut Conns, msgs: Vec<Message>
         elapsed_ms = started.elapsed().as_millis() as u64,
         "batch done"
     );
+}
+
+/// Logs a message that stays on the queue; one failing again and again is called poison.
+pub fn report_kept(cfg: &RinConfig, m: &Message, what: &str) {
+    let n = m.receive_count;
+    if n >= cfg.ext.max_receive_count_warn {
+        error!(
+            message_id = %m.id,
+            receive_count = n,
+            "poison message: failed {n} times; left to the queue's redrive policy"
+        );
+    } else {
+        warn!(message_id = %m.id, receive_count = n, "message {what}; it will be delivered again");
+    }
 }
 
 /// Parses and loads every object the messages name. Returns, per message, whether it must be
@@ -763,7 +764,11 @@ mod tests {
         cfg.ext.manifest_prefix = "s3://meta/m".into();
         cfg.ext.quarantine_prefix = "s3://logs".into(); // a whole bucket: never "own"
         assert!(is_own_object(&cfg, "meta", "m/x.manifest"));
-        assert!(!is_own_object(&cfg, "logs", "rin-ship/manifests/x.manifest"));
+        assert!(!is_own_object(
+            &cfg,
+            "logs",
+            "rin-ship/manifests/x.manifest"
+        ));
         assert!(!is_own_object(&cfg, "logs", "app/a.json.gz"));
     }
 }
