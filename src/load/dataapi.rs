@@ -926,6 +926,7 @@ targets:
             key: key.into(),
             etag: etag.into(),
             version_id: String::new(),
+            size: 0,
         }
     }
 

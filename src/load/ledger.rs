@@ -34,6 +34,8 @@ pub struct Item {
     pub key: String,
     pub etag: String,
     pub version_id: String,
+    /// Bytes as stored (from the event or listing; 0 when unknown): for the free-space check.
+    pub size: u64,
 }
 
 impl Item {
@@ -405,6 +407,45 @@ pub async fn load_group(
     }
 }
 
+/// Rough disk need of a COPY per stored byte: gzip NDJSON inflates about 8x, Redshift's
+/// compressed columns take back about two thirds of that.
+const COPY_BYTES_PER_STORED_BYTE: f64 = 3.0;
+
+/// Warns (log and `rin_import_disk_warnings_total`) before a Redshift COPY that may not fit in
+/// the cluster's free space or would fill it past `maintenance.disk_warn_pct`. The cluster's
+/// usage is read at most once a minute; the check never fails or delays a load for long.
+async fn warn_if_disk_short(client: &Client, cfg: &RinConfig, group: &Group) {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static USAGE: Mutex<Option<(Instant, super::maintain::DiskUsage)>> = Mutex::new(None);
+    let cached = USAGE
+        .lock()
+        .unwrap()
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < Duration::from_secs(60))
+        .map(|(_, u)| *u);
+    let usage = match cached {
+        Some(u) => u,
+        None => match super::maintain::disk_usage(client, Warehouse::Redshift).await {
+            Ok(Some(u)) => {
+                *USAGE.lock().unwrap() = Some((Instant::now(), u));
+                u
+            }
+            Ok(None) => return,
+            Err(e) => {
+                debug!("free-space check skipped: {e:#}");
+                return;
+            }
+        },
+    };
+    let stored: u64 = group.items.iter().map(|i| i.size).sum();
+    let need_mb = stored as f64 * COPY_BYTES_PER_STORED_BYTE / (1024.0 * 1024.0);
+    if let Some(w) = usage.warning(cfg.ext.maintenance.disk_warn_pct.0, need_mb) {
+        metrics::counter!("rin_import_disk_warnings_total").increment(1);
+        warn!(table = %group.dest.qualified(), objects = group.items.len(), "before COPY: {w}");
+    }
+}
+
 async fn load_group_tx(
     client: &mut Client,
     cfg: &RinConfig,
@@ -414,6 +455,9 @@ async fn load_group_tx(
     let ledger = ledger_ident(cfg);
     let qualified = group.dest.qualified();
     let batch_id = format!("{:016x}", rand::random::<u64>());
+    if cfg.ext.warehouse == Warehouse::Redshift {
+        warn_if_disk_short(client, cfg, group).await;
+    }
     let tx = client.transaction().await?;
     let lock = match cfg.ext.warehouse {
         Warehouse::Postgres => format!("LOCK TABLE {ledger} IN SHARE ROW EXCLUSIVE MODE"),
@@ -1018,6 +1062,7 @@ mod tests {
             key: "a/x.json.gz".into(),
             etag: "e1".into(),
             version_id: String::new(),
+            size: 0,
         };
         let k = quarantine_key("p/", "\"s\".\"t\"", &it);
         assert!(k.starts_with("p/") && k.ends_with(".json"), "{k}");

@@ -534,6 +534,7 @@ pub async fn load_objects(
                     key: o.key.clone(),
                     etag,
                     version_id: o.version_id.clone(),
+                    size: o.size,
                 };
                 for d in dests {
                     let mut conn = cfg.target(d.target).redshift.clone();

@@ -464,6 +464,7 @@ mod tests {
                 key: key.into(),
                 etag: crate::ship::local::digest(&bytes[..]).unwrap(),
                 version_id: String::new(),
+                size: bytes.len() as u64,
             }
         }
 
