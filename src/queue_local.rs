@@ -34,6 +34,10 @@ use tracing::warn;
 /// Messages one receive returns at most (as SQS).
 pub const MAX_RECEIVE: usize = 10;
 
+/// A message received this many times without being deleted moves to `dead/` (an SQS redrive
+/// policy's maxReceiveCount), so one that can never load stops being retried forever.
+pub const DEAD_AFTER_RECEIVES: u32 = 10;
+
 /// One received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalMessage {
@@ -110,7 +114,7 @@ impl LocalQueue {
     /// Opens (creating) the queue in `dir`. Messages left in flight by a previous process go
     /// back to `ready/`. The caller must hold the data folder's lock: one process per queue.
     pub fn open(dir: &Path) -> Result<LocalQueue> {
-        for sub in ["tmp", "ready", "inflight"] {
+        for sub in ["tmp", "ready", "inflight", "dead"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p)
                 .with_context(|| format!("cannot create queue folder {}", p.display()))?;
@@ -291,6 +295,22 @@ impl Inner {
                 break;
             };
             let from = self.dir.join("ready").join(file_name(&id, count));
+            if count >= DEAD_AFTER_RECEIVES {
+                let dead = self.dir.join("dead").join(file_name(&id, count));
+                match std::fs::rename(&from, &dead) {
+                    Ok(()) => {
+                        metrics::counter!("rin_local_queue_dead_letters_total").increment(1);
+                        tracing::error!(
+                            message = %id,
+                            receive_count = count,
+                            "message failed {count} times: moved to {} (move it back to ready/ to retry)",
+                            dead.display()
+                        );
+                    }
+                    Err(e) => warn!(message = %id, "cannot move {} to dead/: {e}", from.display()),
+                }
+                continue;
+            }
             let receipt = file_name(&id, count + 1);
             let to = self.dir.join("inflight").join(&receipt);
             if let Err(e) = std::fs::rename(&from, &to) {
@@ -407,6 +427,35 @@ mod tests {
         assert_eq!(q.delete(&[first[0].receipt.clone()]).await, 0);
         assert_eq!(q.delete(&[second[0].receipt.clone()]).await, 1);
         assert_eq!(q.depth(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_message_that_keeps_failing_moves_to_dead() {
+        let d = tempfile::tempdir().unwrap();
+        let q = LocalQueue::open(d.path()).unwrap();
+        q.enqueue("poison".into()).await.unwrap();
+        q.enqueue("good".into()).await.unwrap();
+        let none = Duration::from_millis(0);
+        for n in 1..=DEAD_AFTER_RECEIVES {
+            let got = recv(&q, none).await;
+            let poison = got
+                .iter()
+                .find(|m| m.body == "poison")
+                .expect("still queued");
+            assert_eq!(poison.receive_count, i64::from(n));
+            if n == 1 {
+                let good = got.iter().find(|m| m.body == "good").unwrap();
+                assert_eq!(q.delete(std::slice::from_ref(&good.receipt)).await, 1);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            recv(&q, none).await.is_empty(),
+            "moved to dead/ after its last lease"
+        );
+        assert_eq!(q.depth(), (0, 0));
+        let dead: Vec<_> = std::fs::read_dir(d.path().join("dead")).unwrap().collect();
+        assert_eq!(dead.len(), 1);
     }
 
     #[tokio::test]
