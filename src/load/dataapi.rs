@@ -28,7 +28,7 @@
 use super::iam;
 use super::ledger::{Group, Item, ItemResult, ledger_ident, manifest_location};
 use super::redshift;
-use super::rin::{Redshift, RinConfig, Target, quote_ident, quote_literal, split_qualified};
+use super::rin::{Redshift, RinConfig, Target, quote_literal};
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -274,7 +274,7 @@ impl<T: DataApiTransport> DataApi<T> {
         if ensured.contains(conn) {
             return Ok(());
         }
-        let ddl = ledger_ddl(cfg)?;
+        let ddl = super::ledger::ledger_ddl(cfg)?;
         let ledger = ledger_ident(cfg);
         for attempt in 0..3 {
             let r = async {
@@ -404,9 +404,9 @@ pub async fn load_group<T: DataApiTransport, W: ManifestWriter>(
         }
         match load_batch(api, &conn, cfg, target, manifests, group, &pending).await? {
             Batch::Committed(rows) => {
-                let single = pending.len() == 1;
-                for &i in &pending {
-                    results[i] = Some(ItemResult::Loaded(if single { rows } else { None }));
+                // The batch's rows on its first object (see ItemResult::Loaded).
+                for (n, &i) in pending.iter().enumerate() {
+                    results[i] = Some(ItemResult::Loaded(if n == 0 { rows } else { None }));
                 }
                 break;
             }
@@ -566,26 +566,6 @@ fn objects_condition(qualified: &str, items: &[Item], pending: &[usize]) -> Stri
         quote_literal(qualified),
         each.join(" OR ")
     )
-}
-
-/// The ledger's DDL on Redshift (as `ledger::ensure_ledger` creates it), one statement each.
-fn ledger_ddl(cfg: &RinConfig) -> Result<Vec<String>> {
-    let (schema, _) = split_qualified(&cfg.ext.ledger_table)?;
-    let mut ddl = Vec::new();
-    if schema != "public" {
-        ddl.push(format!(
-            "CREATE SCHEMA IF NOT EXISTS {}",
-            quote_ident(&schema)
-        ));
-    }
-    ddl.push(format!(
-        "CREATE TABLE IF NOT EXISTS {} (bucket varchar(1024) NOT NULL, \
-         object_key varchar(4096) NOT NULL, etag varchar(256) NOT NULL, \
-         version_id varchar(1024) NOT NULL, target varchar(1024) NOT NULL, row_count bigint, \
-         batch_id varchar(64) NOT NULL, batch_rows bigint, loaded_at timestamptz NOT NULL)",
-        ledger_ident(cfg)
-    ));
-    Ok(ddl)
 }
 
 /// The Data API over the AWS SDK, one client per region.
@@ -1022,7 +1002,8 @@ targets:
             item("app/b's.json.gz", "e2"),
         ]);
         let r = load_group(&api, &cfg, &api.transport, &g).await.unwrap();
-        assert_eq!(r, vec![ItemResult::Loaded(None), ItemResult::Loaded(None)]);
+        // The COPY's 42 rows are the batch's: reported once, on its first object.
+        assert_eq!(r, vec![ItemResult::Loaded(Some(42)), ItemResult::Loaded(None)]);
         let objs = [("app/a.json.gz", "e1"), ("app/b''s.json.gz", "e2")];
         let (mkey, mbody) = manifest_of(&["app/a.json.gz", "app/b's.json.gz"]);
         assert_eq!(

@@ -321,7 +321,8 @@ pub async fn quarantine(
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemResult {
-    /// Loaded in this transaction (rows, when known per object).
+    /// Loaded in this transaction, with the rows written. One Redshift COPY over several
+    /// objects counts only their total: it is reported on the first object, the others `None`.
     Loaded(Option<u64>),
     /// Already in the ledger.
     Duplicate,
@@ -343,37 +344,38 @@ pub fn ledger_ident(cfg: &RinConfig) -> String {
 }
 
 /// Creates the ledger if missing (racing importers: a failed CREATE is retried once).
-pub async fn ensure_ledger(client: &Client, cfg: &RinConfig) -> Result<()> {
-    let (schema, _) = split_qualified(&cfg.ext.ledger_table)?;
+/// The statements that create the ledger (and its schema) if missing; on PostgreSQL also a
+/// unique index (Redshift enforces none) as a second line of defence.
+pub fn ledger_ddl(cfg: &RinConfig) -> Result<Vec<String>> {
+    let (schema, table) = split_qualified(&cfg.ext.ledger_table)?;
     let ledger = ledger_ident(cfg);
-    let ts = "timestamptz";
-    let mut ddl = String::new();
+    let mut ddl = Vec::new();
     if schema != "public" {
-        ddl.push_str(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {};\n",
+        ddl.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
             quote_ident(&schema)
         ));
     }
-    ddl.push_str(&format!(
-        "CREATE TABLE IF NOT EXISTS {ledger} (\n  \
-           bucket varchar(1024) NOT NULL,\n  \
-           object_key varchar(4096) NOT NULL,\n  \
-           etag varchar(256) NOT NULL,\n  \
-           version_id varchar(1024) NOT NULL,\n  \
-           target varchar(1024) NOT NULL,\n  \
-           row_count bigint,\n  \
-           batch_id varchar(64) NOT NULL,\n  \
-           batch_rows bigint,\n  \
-           loaded_at {ts} NOT NULL\n)"
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {ledger} (bucket varchar(1024) NOT NULL, \
+         object_key varchar(4096) NOT NULL, etag varchar(256) NOT NULL, \
+         version_id varchar(1024) NOT NULL, target varchar(1024) NOT NULL, row_count bigint, \
+         batch_id varchar(64) NOT NULL, batch_rows bigint, loaded_at timestamptz NOT NULL)"
     ));
     if cfg.ext.warehouse == Warehouse::Postgres {
-        // Redshift enforces no unique index; PostgreSQL gets one as a second line of defence.
-        let (_, t) = split_qualified(&cfg.ext.ledger_table)?;
-        ddl.push_str(&format!(
-            ";\nCREATE UNIQUE INDEX IF NOT EXISTS {} ON {ledger} (bucket, object_key, etag, version_id, target)",
-            quote_ident(&format!("{t}_object"))
+        ddl.push(format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {ledger} \
+             (bucket, object_key, etag, version_id, target)",
+            quote_ident(&format!("{table}_object"))
         ));
     }
+    Ok(ddl)
+}
+
+/// Creates the ledger if missing (racing importers: a failed CREATE is retried).
+pub async fn ensure_ledger(client: &Client, cfg: &RinConfig) -> Result<()> {
+    let ledger = ledger_ident(cfg);
+    let ddl = ledger_ddl(cfg)?.join(";\n");
     for attempt in 0..3 {
         match client.batch_execute(&ddl).await {
             Ok(()) => return Ok(()),
@@ -879,11 +881,11 @@ async fn load_redshift(
     } else {
         first_value(tx, "SELECT pg_last_copy_count()").await?
     };
-    for &i in new {
+    for (n, &i) in new.iter().enumerate() {
         let it = &group.items[i];
         let single = (new.len() == 1).then_some(count);
         w.ledger_row(it, single, Some(count)).await?;
-        results[i] = Some(ItemResult::Loaded(single.map(|c| c as u64)));
+        results[i] = Some(ItemResult::Loaded((n == 0).then_some(count as u64)));
     }
     Ok(count as u64)
 }
