@@ -1003,7 +1003,10 @@ targets:
         ]);
         let r = load_group(&api, &cfg, &api.transport, &g).await.unwrap();
         // The COPY's 42 rows are the batch's: reported once, on its first object.
-        assert_eq!(r, vec![ItemResult::Loaded(Some(42)), ItemResult::Loaded(None)]);
+        assert_eq!(
+            r,
+            vec![ItemResult::Loaded(Some(42)), ItemResult::Loaded(None)]
+        );
         let objs = [("app/a.json.gz", "e1"), ("app/b''s.json.gz", "e2")];
         let (mkey, mbody) = manifest_of(&["app/a.json.gz", "app/b's.json.gz"]);
         assert_eq!(
