@@ -104,6 +104,45 @@ class Client:
     def all_records(self):
         return [rec for _, recs in self.frames.values() for rec in recs]
 
+    def kill_rounds(self, r, rng, kills, acks, pause):
+        """`kills` rounds of: 2 to 4 workers send until `acks` (a (min, max) range) more frames
+        are acked, wait `pause()` seconds, SIGKILL rin-ship while they keep sending, restart it.
+        A last round stops the workers instead; then every unacked frame is resent until acked."""
+        for rnd in range(kills + 1):
+            self.resend_pending(r)
+            stop = threading.Event()
+            nworkers = rng.randint(2, 4)
+            ts = [threading.Thread(target=self.worker, args=(r, w, stop), daemon=True)
+                  for w in range(nworkers)]
+            base = self.n_acked()
+            target = base + rng.randint(*acks)
+            for t in ts:
+                t.start()
+            deadline = time.monotonic() + 60
+            while self.n_acked() < target:
+                assert time.monotonic() < deadline, (
+                    f"round {rnd}: only {self.n_acked() - base} acks in 60s; stderr:\n"
+                    f"{r.stderr_tail()}")
+                assert not self.errors, self.errors
+                time.sleep(0.005)
+            time.sleep(pause())
+            if rnd < kills:
+                self.killing = True
+                r.kill()  # SIGKILL while the workers are sending
+                for t in ts:
+                    t.join(20)
+                self.killing = False
+                print(f"round {rnd}: killed after {self.n_acked()} acks, "
+                      f"{len(self.pending)} pending")
+                r.start()
+            else:
+                stop.set()
+                for t in ts:
+                    t.join(30)
+        assert not self.errors, self.errors
+        self.resend_pending(r)
+        assert not self.pending
+
 
 @pytest.mark.timeout(240)
 def test_sigkill_mid_flight_three_times(rin):
@@ -113,38 +152,7 @@ def test_sigkill_mid_flight_three_times(rin):
     rng = random.Random(seed + 1)
     r = rin({"buffer": {"seal_age": "1s", "seal_bytes": "48KiB"}})
     kills = 3
-    for rnd in range(kills + 1):
-        cl.resend_pending(r)
-        stop = threading.Event()
-        nworkers = rng.randint(2, 4)
-        ts = [threading.Thread(target=cl.worker, args=(r, w, stop), daemon=True)
-              for w in range(nworkers)]
-        base = cl.n_acked()
-        target = base + rng.randint(5, 60)
-        for t in ts:
-            t.start()
-        deadline = time.monotonic() + 60
-        while cl.n_acked() < target:
-            assert time.monotonic() < deadline, (
-                f"round {rnd}: only {cl.n_acked() - base} acks in 60s; stderr:\n{r.stderr_tail()}")
-            assert not cl.errors, cl.errors
-            time.sleep(0.005)
-        time.sleep(rng.random() * 0.3)
-        if rnd < kills:
-            cl.killing = True
-            r.kill()  # SIGKILL while the workers are sending
-            for t in ts:
-                t.join(20)
-            cl.killing = False
-            print(f"round {rnd}: killed after {cl.n_acked()} acks, {len(cl.pending)} pending")
-            r.start()
-        else:
-            stop.set()
-            for t in ts:
-                t.join(30)
-    assert not cl.errors, cl.errors
-    cl.resend_pending(r)
-    assert not cl.pending
+    cl.kill_rounds(r, rng, kills, acks=(5, 60), pause=lambda: rng.random() * 0.3)
     r.terminate()
     got = r.records()
     expected = [line(x) for x in cl.all_records()]

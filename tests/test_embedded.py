@@ -11,7 +11,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -267,36 +266,8 @@ def test_sigkill_while_records_flow_and_loads_run(rin):
              "buffer": {"seal_age": "300ms", "seal_bytes": "8KiB", "shards": 2}})
     db = r.data_dir / "warehouse.db"
     kills = 4
-    for rnd in range(kills + 1):
-        cl.resend_pending(r)
-        stop = threading.Event()
-        ts = [threading.Thread(target=cl.worker, args=(r, w, stop), daemon=True)
-              for w in range(rng.randint(2, 4))]
-        base = cl.n_acked()
-        target = base + rng.randint(20, 80)
-        for t in ts:
-            t.start()
-        deadline = time.monotonic() + 60
-        while cl.n_acked() < target:
-            assert time.monotonic() < deadline, f"round {rnd}: stuck; {r.stderr_tail()}"
-            assert not cl.errors, cl.errors
-            time.sleep(0.005)
-        # Let loads run while records keep flowing, then kill at a random moment.
-        time.sleep(0.3 + rng.random() * 1.2)
-        if rnd < kills:
-            cl.killing = True
-            r.kill()
-            for t in ts:
-                t.join(20)
-            cl.killing = False
-            r.start()
-        else:
-            stop.set()
-            for t in ts:
-                t.join(30)
-    assert not cl.errors, cl.errors
-    cl.resend_pending(r)
-    assert not cl.pending
+    # Let loads run while records keep flowing, then kill at a random moment.
+    cl.kill_rounds(r, rng, kills, acks=(20, 80), pause=lambda: 0.3 + rng.random() * 1.2)
     r.terminate()
     loads = r.stderr_text().count("committed table=")
     assert loads >= kills, f"too few loads ({loads}) for the kills to land during loading"
