@@ -2,9 +2,10 @@
 //! whole pipeline on local folders. Owns loading, `${VAR}` expansion and validation; it must
 //! never let an invalid config reach the pipeline, and never echo a secret in an error.
 
+use crate::common::secret::Secret;
+use crate::common::units::{ByteSize, Span};
 use crate::route::TagPattern;
 use crate::ship::key::KeyTemplate;
-use crate::units::{ByteSize, Span};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -82,24 +83,6 @@ pub struct SecurityConfig {
 pub struct UserConfig {
     pub username: String,
     pub password: Secret,
-}
-
-/// A secret from the config: usable by the code, shown as `***` by `Debug`, so it cannot
-/// reach a log line by accident.
-#[derive(Deserialize, Clone, Default, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -441,7 +424,7 @@ impl Config {
         addr("RIN_SHIP_METRICS_BIND", &mut c.metrics.bind)?;
         if let Some(v) = env("RIN_SHIP_SEAL_AGE").filter(|v| !v.is_empty()) {
             c.buffer.seal_age = Span(
-                crate::units::parse_duration(&v)
+                crate::common::units::parse_duration(&v)
                     .map_err(|e| anyhow::anyhow!("environment variable RIN_SHIP_SEAL_AGE: {e}"))?,
             );
         }

@@ -9,6 +9,7 @@
 //! (the hot path), [`telemetry`] (logs, metrics), [`pipeline`] (wiring and shutdown).
 
 mod buffer;
+mod common;
 mod config;
 mod intake;
 #[cfg(all(feature = "s3", feature = "sqs"))]
@@ -22,7 +23,6 @@ mod ship;
 mod telemetry;
 mod tls;
 mod transcode;
-mod units;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -78,7 +78,7 @@ enum Command {
         #[arg(long, env = "RIN_BATCH", value_parser = clap::builder::BoolishValueParser::new())]
         batch: bool,
         /// Stop receiving after this long (e.g. 10m), finish the loads in flight, exit.
-        #[arg(long, env = "RIN_MAX_EXECUTION_TIME", value_parser = units::parse_duration)]
+        #[arg(long, env = "RIN_MAX_EXECUTION_TIME", value_parser = common::units::parse_duration)]
         max_execution_time: Option<std::time::Duration>,
         /// Print the target and the exact SQL (secrets masked) for these keys
         /// (`s3://bucket/key`, or a key in the first target's bucket), then exit.

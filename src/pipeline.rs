@@ -5,6 +5,7 @@
 //! loaded stays queued, for the next start.
 
 use crate::buffer::Buffer;
+use crate::common::shutdown;
 use crate::config::Config;
 use crate::intake::forward::ForwardServer;
 use crate::intake::{Ingest, TargetFormat};
@@ -18,7 +19,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub async fn serve(config: Config) -> Result<()> {
@@ -109,11 +110,11 @@ pub async fn serve(config: Config) -> Result<()> {
         },
     ));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop, stopping) = shutdown::channel();
     // Bound before forward, so a client that sees the forward port open finds HTTP open too.
     let http = if config.http.enabled {
         let server =
-            crate::intake::http::HttpServer::bind(&config.http, ingest.clone(), stop_rx.clone())
+            crate::intake::http::HttpServer::bind(&config.http, ingest.clone(), stopping.clone())
                 .await?;
         Some(tokio::spawn(server.run()))
     } else {
@@ -121,15 +122,15 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let forward = if config.forward.enabled {
         let server = ForwardServer::bind(&config.forward, ingest.clone()).await?;
-        Some(tokio::spawn(server.run(stop_rx.clone())))
+        Some(tokio::spawn(server.run(stopping.clone())))
     } else {
         None
     };
     info!(node = %node, targets = config.targets.len(), shards = config.buffer.shards, "rin-ship is running");
 
-    wait_for_signal().await?;
+    shutdown::signal().await;
     info!("shutting down: no new connections, sealing chunks");
-    let _ = stop_tx.send(true);
+    stop.trigger();
     if let Some(forward) = forward {
         let _ = forward.await;
     }
@@ -186,20 +187,8 @@ async fn stop_embedded(embedded: Option<Embedded>, deadline: std::time::Instant)
     let _ = (embedded, deadline);
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
 /// One process per data folder: two writers on the same chunks would corrupt them.
 fn lock_dir(dir: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let path = dir.join(".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -207,16 +196,18 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        anyhow::bail!(
-            "{} is in use by another rin-ship process (lock {} is held)",
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{} is in use by another rin-ship process (lock {} is held); stop it, or give \
+             this one another data_dir",
             dir.display(),
             path.display()
-        );
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+        }
     }
-    Ok(file)
 }
 
 /// The configured node id, or `<hostname>-<suffix>` where the suffix is drawn once and kept in

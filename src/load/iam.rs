@@ -11,6 +11,7 @@
 //! `****`).
 
 use super::rin::{Redshift, RinConfig};
+pub use crate::common::secret::Secret;
 use anyhow::{Context, Result, anyhow};
 use std::collections::HashMap;
 use std::fmt;
@@ -24,27 +25,6 @@ pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 
 /// How long temporary credentials are asked for (the APIs allow 900..=3600 s).
 pub const DURATION_SECONDS: i32 = 3600;
-
-/// A password or other secret: no `Display`, `Debug` prints `****`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The secret itself, to hand to a login; never to a log or an error.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
 
 /// A temporary database login.
 #[derive(Clone, Debug)]
@@ -525,7 +505,7 @@ mod tests {
         };
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
-        assert!(dbg.contains("****"), "{dbg}");
+        assert!(dbg.contains("***"), "{dbg}");
         let r = Redshift {
             password: "hunter2".into(),
             ..cluster()

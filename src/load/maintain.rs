@@ -19,7 +19,7 @@ use super::postgres;
 use super::rin::{
     Redshift, RinConfig, Warehouse, expand_placeholders, quote_ident, split_qualified,
 };
-use crate::units::Span;
+use crate::common::units::Span;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Deserializer, de};
 use std::collections::BTreeSet;

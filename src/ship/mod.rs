@@ -15,12 +15,12 @@ pub use notify::Stored;
 
 use crate::buffer::chunk::{SealedChunk, retire};
 use crate::buffer::{Sealed, Usage};
+use crate::common::retry::{self, Backoff};
 use crate::config::{Config, StoreConfig};
 use crate::queue_local::LocalQueue;
 use anyhow::Result;
 use key::{KeyInputs, KeyTemplate};
 use notify::Notifier;
-use rand::Rng;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,44 +170,36 @@ impl Shipper {
     async fn ship(&self, target: usize, chunk: SealedChunk) {
         let key = self.key_for(target, &chunk);
         let store = &self.targets[target].store;
-        let mut backoff = Duration::from_millis(200);
-        let mut attempt = 1u32;
-        loop {
-            let started = Instant::now();
-            match store.put(&key, &chunk.data_path, chunk.size).await {
-                Ok(stored) => {
-                    metrics::counter!("rin_objects_uploaded_total").increment(1);
-                    metrics::counter!("rin_uploaded_bytes_total").increment(chunk.size);
-                    metrics::histogram!("rin_upload_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    debug!(%key, events = chunk.events, ndjson_bytes = chunk.bytes, object_bytes = chunk.size, "uploaded");
-                    if let Some(n) = &self.targets[target].notifier {
-                        // Before the delete: a crash in between uploads and notifies again.
-                        self.notify(n, &stored, chunk.size).await;
-                    }
-                    let disk = chunk.disk_bytes();
-                    match retire(&chunk) {
-                        Ok(()) => {
-                            self.usage.sub(disk);
-                            metrics::gauge!("rin_buffer_chunks", "state" => "sealed")
-                                .decrement(1.0);
-                        }
-                        Err(e) => {
-                            warn!(%key, "uploaded, but cannot delete the chunk file (it will be uploaded again, to the same key): {e}")
-                        }
-                    }
-                    return;
-                }
-                Err(e) => {
-                    metrics::counter!("rin_upload_errors_total").increment(1);
-                    let jitter = rand::rng().random_range(0.5..1.5);
-                    let wait = backoff.mul_f64(jitter).min(self.max_backoff);
-                    warn!(%key, attempt, retry_in = ?wait, "upload failed: {e:#}");
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(self.max_backoff);
-                    attempt += 1;
-                    metrics::counter!("rin_upload_retries_total").increment(1);
-                }
+        let stored = retry::until_ok(
+            self.backoff(),
+            || async {
+                let started = Instant::now();
+                let stored = store.put(&key, &chunk.data_path, chunk.size).await?;
+                metrics::histogram!("rin_upload_seconds").record(started.elapsed().as_secs_f64());
+                anyhow::Ok(stored)
+            },
+            |e, attempt, wait| {
+                metrics::counter!("rin_upload_errors_total").increment(1);
+                metrics::counter!("rin_upload_retries_total").increment(1);
+                warn!(%key, attempt, retry_in = ?wait, "upload failed: {e:#}");
+            },
+        )
+        .await;
+        metrics::counter!("rin_objects_uploaded_total").increment(1);
+        metrics::counter!("rin_uploaded_bytes_total").increment(chunk.size);
+        debug!(%key, events = chunk.events, ndjson_bytes = chunk.bytes, object_bytes = chunk.size, "uploaded");
+        if let Some(n) = &self.targets[target].notifier {
+            // Before the delete: a crash in between uploads and notifies again.
+            self.notify(n, &stored, chunk.size).await;
+        }
+        let disk = chunk.disk_bytes();
+        match retire(&chunk) {
+            Ok(()) => {
+                self.usage.sub(disk);
+                metrics::gauge!("rin_buffer_chunks", "state" => "sealed").decrement(1.0);
+            }
+            Err(e) => {
+                warn!(%key, "uploaded, but cannot delete the chunk file (it will be uploaded again, to the same key): {e}")
             }
         }
     }
@@ -215,25 +207,21 @@ impl Shipper {
     /// Sends an object's notification, retrying with the upload backoff until the queue
     /// accepted it (the chunk is not deleted before).
     async fn notify(&self, n: &Notifier, stored: &Stored, size: u64) {
-        let mut backoff = Duration::from_millis(200);
-        let mut attempt = 1u32;
-        loop {
-            match n.send(stored, size).await {
-                Ok(()) => {
-                    metrics::counter!("rin_notifications_total").increment(1);
-                    debug!(key = %stored.key, etag = %stored.etag, "notified");
-                    return;
-                }
-                Err(e) => {
-                    metrics::counter!("rin_notification_errors_total").increment(1);
-                    let jitter = rand::rng().random_range(0.5..1.5);
-                    let wait = backoff.mul_f64(jitter).min(self.max_backoff);
-                    warn!(key = %stored.key, attempt, retry_in = ?wait, "notification failed (the chunk is kept until it is sent): {e:#}");
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(self.max_backoff);
-                    attempt += 1;
-                }
-            }
-        }
+        retry::until_ok(
+            self.backoff(),
+            || n.send(stored, size),
+            |e, attempt, wait| {
+                metrics::counter!("rin_notification_errors_total").increment(1);
+                warn!(key = %stored.key, attempt, retry_in = ?wait, "notification failed (the chunk is kept until it is sent): {e:#}");
+            },
+        )
+        .await;
+        metrics::counter!("rin_notifications_total").increment(1);
+        debug!(key = %stored.key, etag = %stored.etag, "notified");
+    }
+
+    /// Uploads and notifications: 200 ms doubling to `ship.max_backoff`, jittered.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(200), self.max_backoff).jitter(0.5, 1.5)
     }
 }

@@ -9,6 +9,7 @@ mod fuzz;
 pub mod handshake;
 pub mod json;
 
+use crate::common::shutdown::Shutdown;
 use crate::intake::{Ingest, IngestError};
 use crate::msgpack::FrameScanner;
 use crate::tls::ReloadableAcceptor;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 /// At shutdown a connection keeps reading until its client is quiet this long (data already
@@ -116,7 +117,7 @@ impl ForwardServer {
 
     /// Accepts connections until `stop` turns true, then waits for open connections to flush
     /// their acks and close.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, mut stop: Shutdown) {
         if let Some(udp) = self.udp {
             tokio::spawn(answer_heartbeats(udp, stop.clone()));
         }
@@ -125,7 +126,7 @@ impl ForwardServer {
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
-                _ = stopped(&mut stop) => break,
+                _ = stop.wait() => break,
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
@@ -188,12 +189,12 @@ impl ForwardServer {
 }
 
 /// fluentd's out_forward can check a server with a UDP `0x00` datagram; the answer is `0x00`.
-async fn answer_heartbeats(udp: UdpSocket, mut stop: watch::Receiver<bool>) {
+async fn answer_heartbeats(udp: UdpSocket, mut stop: Shutdown) {
     let mut buf = [0u8; 64];
     loop {
         let received = tokio::select! {
             r = udp.recv_from(&mut buf) => r,
-            _ = stopped(&mut stop) => return,
+            _ = stop.wait() => return,
         };
         match received {
             Ok((1, peer)) if buf[0] == 0 => {
@@ -217,7 +218,7 @@ struct Connection {
 const MAX_PING_BYTES: usize = 64 << 10;
 
 impl Connection {
-    async fn serve<S>(self, stream: S, mut stop: watch::Receiver<bool>)
+    async fn serve<S>(self, stream: S, mut stop: Shutdown)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -335,7 +336,7 @@ impl Connection {
                             break 'conn Some(reason);
                         }
                     }
-                    _ = stopped(&mut stop), if draining.is_none() => break 'conn None,
+                    _ = stop.wait(), if draining.is_none() => break 'conn None,
                 }
                 if draining.is_some() {
                     break 'conn None;
@@ -367,7 +368,7 @@ impl Connection {
                         break 'conn Some(reason);
                     }
                 }
-                _ = stopped(&mut stop), if draining.is_none() => {
+                _ = stop.wait(), if draining.is_none() => {
                     draining = Some(Instant::now() + DRAIN_MAX);
                 }
             }
@@ -433,11 +434,6 @@ impl Connection {
         metrics::counter!("rin_forward_frames_rejected_total", "reason" => e.reason).increment(1);
         format!("refused frame ({}): {}", e.reason, e.detail)
     }
-}
-
-/// Resolves once shutdown begins (a plain future, so no watch guard lives across an await).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn write_ack<W: AsyncWrite + Unpin>(

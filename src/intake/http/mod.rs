@@ -24,11 +24,12 @@
 
 pub mod body;
 
-use crate::config::Secret;
+use crate::common::secret::Secret;
+use crate::common::shutdown::Shutdown;
+use crate::common::units::{ByteSize, Span};
 use crate::intake::{Ingest, Intake};
 use crate::msgpack::EventTime;
 use crate::tls::{ReloadableAcceptor, TlsConfig};
-use crate::units::{ByteSize, Span};
 use body::{BodyError, BodyKind, Lines, Shape};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -43,7 +44,7 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 /// How long open connections may finish their requests at shutdown.
@@ -151,7 +152,7 @@ struct State {
     /// hashing first hides their lengths too.
     bearer: Option<[u8; 32]>,
     basic: Option<[u8; 32]>,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
 }
 
 /// A request refused: status, metric label, message for the client.
@@ -189,7 +190,7 @@ impl HttpServer {
     pub async fn bind(
         config: &HttpConfig,
         ingest: Arc<Ingest>,
-        stop: watch::Receiver<bool>,
+        stop: Shutdown,
     ) -> anyhow::Result<HttpServer> {
         let tls = match &config.tls {
             Some(t) => {
@@ -244,11 +245,11 @@ impl HttpServer {
         loop {
             let permit = tokio::select! {
                 p = self.connections.clone().acquire_owned() => p.expect("semaphore closed"),
-                _ = stopped(&mut stop) => break,
+                _ = stop.wait() => break,
             };
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
-                _ = stopped(&mut stop) => break,
+                _ = stop.wait() => break,
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
@@ -295,11 +296,6 @@ impl HttpServer {
     }
 }
 
-/// Resolves once shutdown begins.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 async fn serve_connection<I>(io: I, peer: SocketAddr, state: Arc<State>, idle: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -324,7 +320,7 @@ where
             }
             return;
         }
-        _ = stopped(&mut stop) => {}
+        _ = stop.wait() => {}
     }
     // Shutdown: finish the requests in progress, accept no more on this connection.
     conn.as_mut().graceful_shutdown();
@@ -411,7 +407,7 @@ impl State {
     }
 
     fn draining(&self) -> bool {
-        *self.stop.borrow()
+        self.stop.is_triggered()
     }
 
     fn unavailable(detail: &str) -> Reject {

@@ -1,5 +1,7 @@
-//! Human-friendly sizes (`64MiB`, `1.5GB`, `4096`) and durations (`500ms`, `60s`, `5m`, `1h`)
-//! for the config file. Hand-written: two tiny grammars did not justify two more crates.
+//! Human-friendly sizes (`64MiB`, `1.5GB`, `4096`) and durations (`500ms`, `60s`, `5m`, `1h`,
+//! Go's `1h30m` and `5m0s`) for the config files and flags. Durations are `humantime`'s
+//! grammar, plus a bare number of seconds and one fractional unit (`1.5h`, `0.5s`) as Go's
+//! `time.ParseDuration` takes them; the size grammar is a dozen lines, written here.
 
 use serde::{Deserialize, Deserializer, de};
 use std::time::Duration;
@@ -42,25 +44,32 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
+    let bad = || format!("`{text}` is not a duration (examples: 500ms, 30s, 5m, 1h30m)");
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = t.parse::<f64>() {
+        return (secs >= 0.0 && secs.is_finite())
+            .then(|| Duration::from_secs_f64(secs))
+            .ok_or_else(bad);
+    }
+    if let Ok(d) = humantime::parse_duration(t) {
+        return Ok(d);
+    }
+    // One fractional number with a unit, as Go writes `1.5h`.
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 500ms, 30s, 5m, 1h)"))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "`{other}` is not a duration unit (use ms, s, m, h)"
-            ));
-        }
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Ok(Duration::from_secs_f64(value * scale))
 }
 
 #[derive(Deserialize)]
@@ -112,5 +121,13 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("5 fortnights").is_err());
+        // Go's time.Duration.String() forms, as Rin users pass them.
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("5m0s").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2h 30m").unwrap(), Duration::from_secs(9000));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1").is_err());
     }
 }
