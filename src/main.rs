@@ -5,21 +5,25 @@
 //! - [`buffer`]: events written once, on disk, as the final gzip NDJSON object bytes;
 //! - [`ship`]: sealed chunks uploaded under deterministic keys to a folder or S3.
 //!
-//! Around them: [`config`] (YAML), [`route`] (tag patterns), [`transcode`] and [`msgpack`]
-//! (the hot path), [`telemetry`] (logs, metrics), [`pipeline`] (wiring and shutdown).
+//! - [`store`] and [`queue`]: the objects and the notifications between shipping and loading;
+//! - [`load`]: the warehouse loader (`rin-ship import`, and `serve`'s embedded loader);
+//! - [`ops`]: commands on top (`backfill`, `maintain`, `query`).
+//!
+//! Around them: [`config`] (serve's YAML), [`common`] (units, secrets, shutdown, retry, AWS),
+//! [`telemetry`] (logs, metrics), [`pipeline`] (serve's wiring and shutdown).
 
 mod buffer;
 mod common;
 mod config;
 mod intake;
-#[cfg(all(feature = "s3", feature = "sqs"))]
 mod load;
 mod msgpack;
+mod ops;
 mod pipeline;
-mod query;
-mod queue_local;
+mod queue;
 mod route;
 mod ship;
+mod store;
 mod telemetry;
 mod tls;
 mod transcode;
@@ -104,14 +108,14 @@ enum Command {
         #[arg(long)]
         prefix: String,
         /// Only objects last modified at or after this (RFC 3339, or YYYY-MM-DD: midnight UTC).
-        #[arg(long, value_parser = load::backfill::parse_time)]
+        #[arg(long, value_parser = ops::backfill::parse_time)]
         since: Option<chrono::DateTime<chrono::Utc>>,
         /// Only objects last modified before this (RFC 3339, or YYYY-MM-DD: midnight UTC).
-        #[arg(long, value_parser = load::backfill::parse_time)]
+        #[arg(long, value_parser = ops::backfill::parse_time)]
         until: Option<chrono::DateTime<chrono::Utc>>,
         /// Objects per load transaction (per COPY manifest on Redshift).
-        #[arg(long, default_value_t = load::backfill::DEFAULT_BATCH_OBJECTS,
-              value_parser = load::backfill::parse_batch_objects)]
+        #[arg(long, default_value_t = ops::backfill::DEFAULT_BATCH_OBJECTS,
+              value_parser = ops::backfill::parse_batch_objects)]
         batch_objects: usize,
         /// List the objects that would load and their targets; load nothing.
         #[arg(long)]
@@ -119,7 +123,6 @@ enum Command {
     },
     /// Table maintenance: VACUUM / ANALYZE the loaded tables when their statistics call for it
     /// (Rin config, `rin_ship.maintenance:`), every `interval` until SIGTERM.
-    #[cfg(all(feature = "s3", feature = "sqs"))]
     Maintain {
         /// Rin YAML config file.
         #[arg(long, short, env = "RIN_CONFIG")]
@@ -131,60 +134,6 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-}
-
-/// Rin's long flags use Go's single dash (`-config x`, `-config=x`, `-batch`, `-batch=false`);
-/// for `import`, these exact names become clap's `--` form. Nothing after `--` is touched, nor
-/// the value of a flag that takes one.
-fn rin_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const VALUED: [&str; 2] = ["config", "max-execution-time"];
-    const BOOLS: [&str; 2] = ["batch", "debug"];
-    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
-    if args.get(1).and_then(|a| a.to_str()) != Some("import") {
-        return args;
-    }
-    let rest = args.split_off(2);
-    let mut skip_value = false;
-    let mut rest = rest.into_iter();
-    while let Some(arg) = rest.next() {
-        let is_value = std::mem::take(&mut skip_value);
-        let Some(s) = arg.to_str().filter(|_| !is_value) else {
-            args.push(arg);
-            continue;
-        };
-        if s == "--" {
-            args.push(arg);
-            args.extend(rest.by_ref());
-            break;
-        }
-        let long = s.strip_prefix("--").or_else(|| s.strip_prefix('-'));
-        let (name, value) = match long {
-            Some(l) => l.split_once('=').map_or((l, None), |(n, v)| (n, Some(v))),
-            None => (s, None),
-        };
-        if s.starts_with("--") || long.is_none() {
-            // clap's own form: only note whether the next argument is this flag's value.
-            skip_value = value.is_none() && (VALUED.contains(&name) || s == "-c");
-            args.push(arg);
-        } else if VALUED.contains(&name) {
-            skip_value = value.is_none();
-            args.push(format!("--{}", s.trim_start_matches('-')).into());
-        } else if BOOLS.contains(&name) {
-            // Go's strconv.ParseBool spellings.
-            match value {
-                None | Some("1" | "t" | "T" | "true" | "TRUE" | "True") => {
-                    args.push(format!("--{name}").into())
-                }
-                Some("0" | "f" | "F" | "false" | "FALSE" | "False") => {}
-                Some(_) => args.push(format!("-{s}").into()),
-            }
-        } else if name == "dry-run" && value.is_none() {
-            args.push("--dry-run".into());
-        } else {
-            args.push(arg);
-        }
-    }
-    args
 }
 
 /// `import --lambda` (or AWS_LAMBDA_RUNTIME_API set): the Lambda handler.
@@ -214,7 +163,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cli = Cli::parse_from(rin_flags(std::env::args_os()));
+    let cli = Cli::parse_from(load::rin::flags::rin_flags(std::env::args_os()));
     #[cfg(all(feature = "s3", feature = "sqs"))]
     let debug = matches!(cli.command, Command::Import { debug: true, .. });
     #[cfg(not(all(feature = "s3", feature = "sqs")))]
@@ -222,7 +171,7 @@ fn main() -> ExitCode {
     match &cli.command {
         // Log lines are written around its progress bar.
         #[cfg(all(feature = "s3", feature = "sqs"))]
-        Command::Backfill { .. } => load::backfill::init_logging(),
+        Command::Backfill { .. } => ops::backfill::init_logging(),
         _ => telemetry::init_logging(debug),
     }
     let result = match cli.command {
@@ -243,7 +192,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| config::Config::load(config.as_deref()).map(|c| c.data_dir))
             .and_then(|dir| {
                 let mut out = std::io::stdout().lock();
-                query::run(&dir.join("warehouse.db"), &sql, json, &mut out)
+                ops::query::run(&dir.join("warehouse.db"), &sql, json, &mut out)
             }),
         Command::CheckConfig { config } => config::Config::load(config.as_deref()).map(|c| {
             println!(
@@ -272,7 +221,7 @@ fn main() -> ExitCode {
             {
                 lambda_import(config)
             } else {
-                load::main(load::ImportArgs {
+                load::import::main(load::import::ImportArgs {
                     config,
                     batch,
                     max_execution_time,
@@ -288,7 +237,7 @@ fn main() -> ExitCode {
             until,
             batch_objects,
             dry_run,
-        } => load::backfill::main(load::backfill::BackfillArgs {
+        } => ops::backfill::main(ops::backfill::BackfillArgs {
             config,
             prefix,
             since,
@@ -296,12 +245,11 @@ fn main() -> ExitCode {
             batch_objects,
             dry_run,
         }),
-        #[cfg(all(feature = "s3", feature = "sqs"))]
         Command::Maintain {
             config,
             once,
             dry_run,
-        } => load::maintain::main(load::maintain::MaintainArgs {
+        } => ops::maintain::main(ops::maintain::MaintainArgs {
             config,
             once,
             dry_run,
@@ -316,85 +264,13 @@ fn main() -> ExitCode {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "s3", feature = "sqs"))]
 mod tests {
     use super::*;
 
-    fn rewrite(args: &[&str]) -> Vec<String> {
-        rin_flags(args.iter().map(Into::into))
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn rin_single_dash_flags() {
-        assert_eq!(
-            rewrite(&[
-                "rin-ship",
-                "import",
-                "-config",
-                "x.yaml",
-                "-batch",
-                "-debug",
-                "-max-execution-time",
-                "10m"
-            ]),
-            [
-                "rin-ship",
-                "import",
-                "--config",
-                "x.yaml",
-                "--batch",
-                "--debug",
-                "--max-execution-time",
-                "10m"
-            ]
-        );
-        assert_eq!(
-            rewrite(&[
-                "p",
-                "import",
-                "-config=s3://b/k",
-                "-max-execution-time=1h",
-                "-batch=true"
-            ]),
-            [
-                "p",
-                "import",
-                "--config=s3://b/k",
-                "--max-execution-time=1h",
-                "--batch"
-            ]
-        );
-        assert_eq!(
-            rewrite(&["p", "import", "-batch=false", "-debug=0", "-config", "c"]),
-            ["p", "import", "--config", "c"]
-        );
-        assert_eq!(
-            rewrite(&["p", "import", "-c", "c", "-dry-run", "k1", "k2"]),
-            ["p", "import", "-c", "c", "--dry-run", "k1", "k2"]
-        );
-        // A flag's value, clap's own forms, `--` and other names are left alone.
-        assert_eq!(
-            rewrite(&["p", "import", "--config", "-batch", "-config", "-debug"]),
-            ["p", "import", "--config", "-batch", "--config", "-debug"]
-        );
-        assert_eq!(
-            rewrite(&["p", "import", "--batch", "-h", "-configx", "--", "-batch"]),
-            ["p", "import", "--batch", "-h", "-configx", "--", "-batch"]
-        );
-        // Only `import`.
-        assert_eq!(
-            rewrite(&["p", "serve", "-config", "c"]),
-            ["p", "serve", "-config", "c"]
-        );
-        assert_eq!(rewrite(&["p"]), ["p"]);
-    }
-
     #[test]
     fn rin_flags_parse() {
-        let cli = Cli::try_parse_from(rin_flags(
+        let cli = Cli::try_parse_from(load::rin::flags::rin_flags(
             [
                 "rin-ship",
                 "import",

@@ -9,7 +9,8 @@ use crate::common::shutdown;
 use crate::config::Config;
 use crate::intake::forward::ForwardServer;
 use crate::intake::{Ingest, TargetFormat};
-use crate::queue_local::LocalQueue;
+use crate::load::embedded::Embedded;
+use crate::queue::local::LocalQueue;
 use crate::route::Router;
 use crate::ship::Shipper;
 use crate::ship::key::KeyTemplate;
@@ -149,17 +150,13 @@ pub async fn serve(config: Config) -> Result<()> {
             "shutdown deadline of {deadline:?} reached with chunks not uploaded; they stay on disk and ship at the next start"
         ),
     }
-    stop_embedded(embedded, deadline_at).await;
+    if let Some(e) = embedded {
+        e.shutdown(deadline_at).await;
+    }
     Ok(())
 }
 
-#[cfg(all(feature = "s3", feature = "sqs"))]
-type Embedded = crate::load::embedded::Embedded;
-#[cfg(not(all(feature = "s3", feature = "sqs")))]
-type Embedded = std::convert::Infallible;
-
-/// The in-process loader, when `embedded_load` is on (validation refuses it where the loader
-/// is not built in).
+/// The in-process loader, when `embedded_load` is on.
 async fn start_embedded(config: &Config, queue: Option<&LocalQueue>) -> Result<Option<Embedded>> {
     if !config.embedded_load() {
         return Ok(None);
@@ -167,24 +164,7 @@ async fn start_embedded(config: &Config, queue: Option<&LocalQueue>) -> Result<O
     let queue = queue
         .cloned()
         .context("embedded_load: no store notifies the local queue")?;
-    #[cfg(all(feature = "s3", feature = "sqs"))]
-    return Ok(Some(crate::load::embedded::start(config, queue).await?));
-    #[cfg(not(all(feature = "s3", feature = "sqs")))]
-    {
-        drop(queue);
-        anyhow::bail!(
-            "embedded_load: this rin-ship was built without the loader (features s3, sqs)"
-        )
-    }
-}
-
-async fn stop_embedded(embedded: Option<Embedded>, deadline: std::time::Instant) {
-    #[cfg(all(feature = "s3", feature = "sqs"))]
-    if let Some(e) = embedded {
-        e.shutdown(deadline).await;
-    }
-    #[cfg(not(all(feature = "s3", feature = "sqs")))]
-    let _ = (embedded, deadline);
+    Ok(Some(crate::load::embedded::start(config, queue).await?))
 }
 
 /// One process per data folder: two writers on the same chunks would corrupt them.

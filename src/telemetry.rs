@@ -15,6 +15,15 @@ use tracing::{info, warn};
 /// Logs to stderr, filtered by `RIN_SHIP_LOG` (default `info`); `debug` (import's `--debug`,
 /// Rin's `-debug`) adds `rin_ship=debug`: rin-ship's own debug logs, not its libraries'.
 pub fn init_logging(debug: bool) {
+    init_logging_to(debug, std::io::stderr);
+}
+
+/// [`init_logging`], writing each line through `writer` (which must end up on stderr: a
+/// progress bar lifts itself around the line, say).
+pub fn init_logging_to<W>(debug: bool, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("RIN_SHIP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if debug {
@@ -22,7 +31,7 @@ pub fn init_logging(debug: bool) {
     }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();

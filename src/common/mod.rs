@@ -1,6 +1,7 @@
 //! What every stage uses and none owns: human-friendly units for the config files
 //! ([`units`]), secrets that cannot reach a log line ([`secret`]), the process's shutdown
-//! signal ([`shutdown`]), retry backoff ([`retry`]) and the AWS client factory ([`aws`]).
+//! signal ([`shutdown`]), retry backoff ([`retry`]), the TLS client ([`tls`]) and the AWS client
+//! factory ([`aws`]).
 //!
 //! Must never: depend on a stage (every stage depends on this, so an import back would be a
 //! cycle); hold state of the data path.
@@ -10,4 +11,5 @@ pub mod aws;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;
+pub mod tls;
 pub mod units;

@@ -48,13 +48,6 @@ impl Backoff {
         wait
     }
 
-    /// Waits [`Backoff::wait`].
-    pub async fn sleep(&mut self) -> Duration {
-        let wait = self.wait();
-        tokio::time::sleep(wait).await;
-        wait
-    }
-
     /// Failed attempts so far (waits handed out since the last reset).
     pub fn attempts(&self) -> u32 {
         self.attempt

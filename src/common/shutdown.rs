@@ -26,11 +26,6 @@ impl Trigger {
     pub fn trigger(&self) {
         self.0.send_replace(true);
     }
-
-    /// Another receiver of this signal.
-    pub fn subscribe(&self) -> Shutdown {
-        Shutdown(self.0.subscribe())
-    }
 }
 
 impl Shutdown {
@@ -81,7 +76,7 @@ mod tests {
     async fn late_waiters_see_the_trigger_and_a_dropped_trigger_releases() {
         let (trigger, mut shutdown) = channel();
         assert!(!shutdown.is_triggered());
-        let mut other = trigger.subscribe();
+        let mut other = shutdown.clone();
         trigger.trigger();
         shutdown.wait().await;
         other.wait().await;

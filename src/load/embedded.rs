@@ -2,11 +2,11 @@
 //! embedded warehouse, so `rin-ship serve` with no cloud shows the whole pipeline from forward
 //! record to table row.
 //!
-//! Local stores notify the local queue ([`crate::queue_local`]); this consumes it with the
+//! Local stores notify the local queue ([`crate::queue::local`]); this consumes it with the
 //! importer's own loop ([`super::consume`]), reading objects from the stores' folders
-//! ([`Source::Local`]) into SQLite ([`super::sqlite`]). The Rin config is derived from serve's
-//! targets: each key template becomes a `key_regexp` over the store's bucket (its name), the
-//! first `{tag}` the table (`logs/{tag}/dt=%Y-%m-%d/hour=%H/{node}-{seq}.json.gz` loads
+//! ([`Objects::Local`]) into SQLite ([`super::warehouse::sqlite`]). The Rin config is derived
+//! from serve's targets: each key template becomes a `key_regexp` over the store's bucket (its
+//! name; [`KeyTemplate::regex`], the shipper's own grammar), the first `{tag}` the table (`logs/{tag}/dt=%Y-%m-%d/hour=%H/{node}-{seq}.json.gz` loads
 //! `logs/app.web/...` into the table `"app.web"`); a template without `{tag}` loads into a
 //! table named after the target.
 //!
@@ -14,26 +14,27 @@
 //! loader waits for more) within serve's shutdown deadline; what is left stays queued for the
 //! next start.
 
-use super::objects::Source;
-use super::queue::Queue;
+use super::Loader;
+use super::consume::consume;
+use super::ledger::{Dialect, Ledger};
 use super::rin::RinConfig;
-use super::{Ctx, Stats, consume};
+use crate::common::shutdown::{self, Trigger};
 use crate::config::{Config, NotifyConfig, StoreConfig};
-use crate::queue_local::LocalQueue;
+use crate::queue::Queue;
+use crate::queue::local::LocalQueue;
+use crate::ship::key::KeyTemplate;
+use crate::store::Objects;
+use crate::store::local::Folders;
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 use tracing::{info, warn};
-
-/// What a `{tag}`, `{tag[N]}` or `{node}` renders to (the shipper's safe key segment).
-const SEGMENT: &str = "[A-Za-z0-9._-]+";
 
 /// The running loader.
 pub struct Embedded {
-    ctx: Arc<Ctx>,
+    loader: Arc<Loader>,
     queue: LocalQueue,
-    stop: watch::Sender<bool>,
+    stop: Trigger,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
@@ -45,7 +46,9 @@ pub fn rin_config(config: &Config) -> Result<RinConfig> {
         if !matches!(store, StoreConfig::Local { .. }) || store.notify() != &NotifyConfig::Local {
             continue;
         }
-        let (re, by_tag) = key_regexp(&t.key, &t.name);
+        let (re, by_tag) = KeyTemplate::parse(&t.key)
+            .map_err(anyhow::Error::msg)?
+            .regex(&t.name);
         let table = if by_tag { "$1" } else { t.name.as_str() };
         targets.push(serde_json::json!({
             "redshift": {"table": table},
@@ -70,57 +73,15 @@ pub fn rin_config(config: &Config) -> Result<RinConfig> {
     RinConfig::parse(&doc.to_string(), &|_| None).context("the embedded loader's Rin config")
 }
 
-/// A key template as an anchored regular expression; `true` when the first `{tag}` is
-/// captured as `$1`. Strftime fields match anything (non-greedy): the template is anchored at
-/// both ends, and the placeholders around them are precise.
-fn key_regexp(template: &str, target: &str) -> (String, bool) {
-    let mut re = String::from("^");
-    let mut by_tag = false;
-    let mut rest = template;
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix('{') {
-            // Validated by KeyTemplate::parse: every `{` is closed.
-            let close = after.find('}').unwrap_or(after.len());
-            match &after[..close] {
-                "tag" if !by_tag => {
-                    by_tag = true;
-                    re.push_str(&format!("({SEGMENT})"));
-                }
-                "target" => re.push_str(&regex::escape(target)),
-                "seq" => re.push_str("[0-9]+"),
-                _ => re.push_str(SEGMENT),
-            }
-            rest = after.get(close + 1..).unwrap_or("");
-        } else if let Some(after) = rest.strip_prefix('%') {
-            if let Some(a) = after.strip_prefix('%') {
-                re.push('%');
-                rest = a;
-            } else {
-                let end = after
-                    .find(|c: char| c.is_ascii_alphabetic())
-                    .map_or(after.len(), |i| i + 1);
-                re.push_str(".*?");
-                rest = &after[end..];
-            }
-        } else {
-            let end = rest.find(['{', '%']).unwrap_or(rest.len());
-            re.push_str(&regex::escape(&rest[..end]));
-            rest = &rest[end..];
-        }
-    }
-    re.push('$');
-    (re, by_tag)
-}
-
 /// Starts the loader on `queue` (opened by serve, which the shipper's notifications feed).
 pub async fn start(config: &Config, queue: LocalQueue) -> Result<Embedded> {
     let cfg = Arc::new(rin_config(config)?);
     // Open the warehouse once now: a file that is not SQLite fails serve at start.
     let path = config.warehouse_path();
-    let ledger = super::sqlite::ledger_name(&cfg)?;
+    let ledger = Ledger::new(&cfg, Dialect::Sqlite);
     let p = path.clone();
-    tokio::task::spawn_blocking(move || super::sqlite::open(&p, &ledger)).await??;
-    let dirs = config
+    tokio::task::spawn_blocking(move || super::warehouse::sqlite::open(&p, &ledger)).await??;
+    let folders = config
         .stores
         .iter()
         .filter_map(|(name, s)| match s {
@@ -128,14 +89,8 @@ pub async fn start(config: &Config, queue: LocalQueue) -> Result<Embedded> {
             StoreConfig::S3(_) => None,
         })
         .collect();
-    let ctx = Arc::new(Ctx {
-        cfg,
-        objects: Source::Local(dirs),
-        stats: Stats::default(),
-        #[cfg(feature = "redshift")]
-        data_api: None,
-    });
-    let (stop, stop_rx) = watch::channel(false);
+    let loader = Arc::new(Loader::new(cfg, Objects::Local(Folders(folders))));
+    let (stop, stopping) = shutdown::channel();
     let (ready, inflight) = queue.depth();
     info!(
         warehouse = %path.display(),
@@ -143,17 +98,17 @@ pub async fn start(config: &Config, queue: LocalQueue) -> Result<Embedded> {
         queued = ready + inflight,
         "embedded loader running"
     );
-    for t in &ctx.cfg.targets {
+    for t in &loader.cfg.targets {
         info!("embedded target {}: {}", t.index, t.describe());
     }
     let task = tokio::spawn(consume(
-        ctx.clone(),
+        loader.clone(),
         Queue::Local(queue.clone()),
-        stop_rx,
+        stopping,
         false,
     ));
     Ok(Embedded {
-        ctx,
+        loader,
         queue,
         stop,
         task,
@@ -164,11 +119,11 @@ impl Embedded {
     /// Loads what is queued until `deadline` (call it once shipping finished), then stops.
     /// Loads in flight at the deadline get a short grace; what is left stays queued.
     pub async fn shutdown(self, deadline: Instant) {
-        let consumers = self.ctx.cfg.ext.concurrency;
+        let consumers = self.loader.cfg.ext.concurrency;
         while !self.queue.drained(consumers) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         let grace = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(2));
@@ -181,7 +136,7 @@ impl Embedded {
             ),
         }
         let (ready, inflight) = self.queue.depth();
-        let summary = self.ctx.stats.json();
+        let summary = self.loader.stats.json();
         if ready + inflight == 0 {
             info!(%summary, "embedded loader stopped; queue empty");
         } else {
@@ -201,15 +156,14 @@ mod tests {
 
     #[test]
     fn default_key_maps_tag_to_table() {
-        let (re, by_tag) = key_regexp(crate::config::DEFAULT_KEY, "default");
+        let (re, by_tag) = KeyTemplate::parse(crate::config::DEFAULT_KEY)
+            .unwrap()
+            .regex("default");
         assert!(by_tag);
         let r = regex::Regex::new(&re).unwrap();
         let key = "logs/app.web/dt=2026-11-23/hour=09/myhost-1a2b3c4d-0000000001.json.gz";
         assert_eq!(&r.captures(key).unwrap()[1], "app.web");
         assert!(!r.is_match("logs/app.web/x/../y.json.gz"));
-        let (re, by_tag) = key_regexp("{target}/%Y/%%/{tag[1]}-{seq}.gz", "t-1");
-        assert!(!by_tag);
-        assert_eq!(re, "^t\\-1/.*?/%/[A-Za-z0-9._-]+\\-[0-9]+\\.gz$");
     }
 
     #[test]
@@ -223,7 +177,7 @@ mod tests {
         c.validate().unwrap();
         let cfg = rin_config(&c).unwrap();
         assert_eq!(cfg.targets.len(), 2);
-        assert_eq!(cfg.targets[0].redshift.driver, "sqlite");
+        assert_eq!(cfg.targets[0].driver, crate::load::rin::DriverKind::Sqlite);
         assert_eq!(cfg.targets[0].redshift.dbname, "/tmp/x/warehouse.db");
         let load = |bucket: &str, key: &str| cfg.route(bucket, key).unwrap();
         assert_eq!(

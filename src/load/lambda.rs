@@ -1,7 +1,7 @@
 //! `rin-ship import` as an AWS Lambda function (custom runtime, e.g. `provided.al2023`, the
 //! binary named `bootstrap`; guide: docs/lambda.md). Each invocation is an SQS event whose
 //! records carry S3 notifications; the handler loads them exactly as the SQS poller does
-//! ([`super::load_messages`]: same routing, ledger and transaction) and answers
+//! ([`super::deliver::load_messages`]: same routing, ledger and transaction) and answers
 //! `{"batchItemFailures":[{"itemIdentifier": <messageId>}, ...]}` with the messages that must
 //! stay on the queue. Lambda deletes the others, so the event source mapping needs
 //! `FunctionResponseTypes: ["ReportBatchItemFailures"]`: without it a successful answer deletes
@@ -14,9 +14,12 @@
 //! Must never: name a message as processed unless every load it asked for committed (or needed
 //! none); log a message body, the config or a secret.
 
-use super::queue::Message;
+use super::Loader;
+use super::consume::report_kept;
+use super::deliver::load_messages;
 use super::rin::RinConfig;
-use super::{Conns, Ctx};
+use super::warehouse::Sessions;
+use crate::queue::Message;
 use anyhow::{Result, anyhow};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{LambdaEvent, service_fn};
@@ -121,14 +124,14 @@ async fn serve(cfg: Arc<RinConfig>, on_failure: OnFailure) -> Result<()> {
     for t in &cfg.targets {
         info!("target {}: {}", t.index, t.describe());
     }
-    let ctx = Arc::new(super::context(cfg).await);
+    let loader = Arc::new(Loader::over_s3(cfg).await);
     // One invocation at a time (lambda_runtime::run is sequential): the lock is never contended;
     // it only carries the connections from one invocation to the next.
-    let conns = Arc::new(Mutex::new(Conns::default()));
+    let sessions = Arc::new(Mutex::new(Sessions::default()));
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let ctx = ctx.clone();
-        let conns = conns.clone();
-        async move { handle(&ctx, &conns, event, on_failure).await }
+        let loader = loader.clone();
+        let sessions = sessions.clone();
+        async move { handle(&loader, &sessions, event, on_failure).await }
     });
     lambda_runtime::run(handler)
         .await
@@ -166,8 +169,8 @@ fn response(msgs: &[Message], keep: &[bool]) -> SqsBatchResponse {
 }
 
 async fn handle(
-    ctx: &Ctx,
-    conns: &Mutex<Conns>,
+    loader: &Loader,
+    sessions: &Mutex<Sessions>,
     event: LambdaEvent<SqsEvent>,
     on_failure: OnFailure,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
@@ -175,11 +178,11 @@ async fn handle(
     let request_id = event.context.request_id.clone();
     let msgs = messages(event.payload);
     let keep = {
-        let mut conns = conns.lock().await;
-        super::load_messages(ctx, &mut conns, &msgs).await
+        let mut sessions = sessions.lock().await;
+        load_messages(loader, &mut sessions, &msgs).await
     };
     for (m, _) in msgs.iter().zip(&keep).filter(|(_, k)| **k) {
-        super::report_kept(&ctx.cfg, m, "reported as a batch item failure");
+        report_kept(&loader.cfg, m, "reported as a batch item failure");
     }
     let resp = response(&msgs, &keep);
     let failed = resp.batch_item_failures.len();

@@ -115,6 +115,61 @@ impl KeyTemplate {
     }
 }
 
+/// What a `{tag}`, `{tag[N]}` or `{node}` renders to (see [`safe_segment`]), as a regex.
+const SEGMENT: &str = "[A-Za-z0-9._-]+";
+
+impl KeyTemplate {
+    /// The keys this template renders, as an anchored regular expression for `target`;
+    /// `true` when the first `{tag}` is captured as `$1` (the embedded loader maps it to a
+    /// table). Strftime fields match anything (non-greedy): the expression is anchored at both
+    /// ends, and the placeholders around them are precise.
+    pub fn regex(&self, target: &str) -> (String, bool) {
+        let mut re = String::from("^");
+        let mut by_tag = false;
+        for part in &self.parts {
+            match part {
+                Part::Tag if !by_tag => {
+                    by_tag = true;
+                    re.push_str(&format!("({SEGMENT})"));
+                }
+                Part::Tag | Part::TagField(_) | Part::Node => re.push_str(SEGMENT),
+                Part::Target => re.push_str(&regex::escape(target)),
+                Part::Seq => re.push_str("[0-9]+"),
+                Part::Text(text) => push_strftime_regex(&mut re, text),
+            }
+        }
+        re.push('$');
+        (re, by_tag)
+    }
+}
+
+/// Literal text with strftime fields as a regex: `%%` is `%`, any other field matches
+/// anything (non-greedy), the rest is escaped.
+fn push_strftime_regex(re: &mut String, mut text: &str) {
+    while !text.is_empty() {
+        match text.strip_prefix('%') {
+            Some(after) => {
+                if let Some(a) = after.strip_prefix('%') {
+                    re.push('%');
+                    text = a;
+                } else {
+                    // A field ends at its letter (`%Y`, `%-d`, `%3f`).
+                    let end = after
+                        .find(|c: char| c.is_ascii_alphabetic())
+                        .map_or(after.len(), |i| i + 1);
+                    re.push_str(".*?");
+                    text = &after[end..];
+                }
+            }
+            None => {
+                let end = text.find('%').unwrap_or(text.len());
+                re.push_str(&regex::escape(&text[..end]));
+                text = &text[end..];
+            }
+        }
+    }
+}
+
 /// Keeps `[A-Za-z0-9._-]`, replaces the rest with `_`, and never yields an empty, `.` or `..`
 /// segment, so a tag can neither escape a folder nor make an awkward S3 key.
 fn safe_segment(text: &str) -> String {
@@ -188,5 +243,21 @@ mod tests {
         assert!(KeyTemplate::parse("/abs/{seq}").is_err());
         assert!(KeyTemplate::parse("a/../{seq}").is_err());
         assert!(KeyTemplate::parse("{seq}/%Q").is_err());
+    }
+
+    #[test]
+    fn keys_match_their_template() {
+        let t = KeyTemplate::parse("logs/{tag}/dt=%Y-%m-%d/hour=%H/{node}-{seq}.json.gz").unwrap();
+        let (re, by_tag) = t.regex("default");
+        assert!(by_tag);
+        let r = regex::Regex::new(&re).unwrap();
+        let key = t.render(&inputs("app.web"));
+        assert_eq!(&r.captures(&key).unwrap()[1], "app.web");
+        assert!(!r.is_match("logs/app.web/x/../y.json.gz"));
+        let (re, by_tag) = KeyTemplate::parse("{target}/%Y/%%/{tag[1]}-{seq}.gz")
+            .unwrap()
+            .regex("t-1");
+        assert!(!by_tag);
+        assert_eq!(re, "^t\\-1/.*?/%/[A-Za-z0-9._-]+\\-[0-9]+\\.gz$");
     }
 }

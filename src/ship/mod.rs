@@ -1,83 +1,25 @@
 //! Shipping: uploads sealed chunks to their target's object store under deterministic keys,
-//! announces each object when its store has a `notify` ([`notify`]), and deletes a chunk only
+//! announces each object when its store has a `notify` ([`crate::queue::notify`]), and deletes a chunk only
 //! after the store confirmed the object and the queue accepted its notification. Owns retries
 //! and upload concurrency; it must never delete a chunk that was not confirmed (or whose
 //! notification was not accepted), and never invent a key that depends on anything but the
 //! chunk itself (so a retry rewrites, never duplicates).
 
 pub mod key;
-pub mod local;
-pub mod notify;
-#[cfg(feature = "s3")]
-pub mod s3;
-
-pub use notify::Stored;
 
 use crate::buffer::chunk::{SealedChunk, retire};
 use crate::buffer::{Sealed, Usage};
 use crate::common::retry::{self, Backoff};
-use crate::config::{Config, StoreConfig};
-use crate::queue_local::LocalQueue;
+use crate::config::Config;
+use crate::queue::local::LocalQueue;
+use crate::queue::notify::Notifier;
+use crate::store::{Store, Stored};
 use anyhow::Result;
 use key::{KeyInputs, KeyTemplate};
-use notify::Notifier;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
-
-/// Where objects go.
-pub enum Store {
-    /// A folder; `name` (the store's name) is the bucket its notifications give.
-    Local {
-        store: local::LocalStore,
-        name: String,
-    },
-    #[cfg(feature = "s3")]
-    S3(s3::S3Store),
-}
-
-impl Store {
-    pub async fn from_config(name: &str, config: &StoreConfig) -> Result<Store> {
-        Ok(match config {
-            StoreConfig::Local { dir, .. } => Store::Local {
-                store: local::LocalStore::new(dir.clone())?,
-                name: name.to_string(),
-            },
-            #[cfg(feature = "s3")]
-            StoreConfig::S3(s3) => Store::S3(s3::S3Store::new(s3).await?),
-            #[cfg(not(feature = "s3"))]
-            StoreConfig::S3(_) => anyhow::bail!("this rin-ship was built without the `s3` feature"),
-        })
-    }
-
-    /// Uploads the file as the object `key`. Returns only once the store confirmed it, with
-    /// what a notification of it says.
-    pub async fn put(&self, key: &str, path: &Path, size: u64) -> Result<Stored> {
-        #[cfg(not(feature = "s3"))]
-        let _ = size;
-        match self {
-            Store::Local { store, name } => Ok(Stored {
-                etag: store.put(key, path).await?,
-                bucket: name.clone(),
-                key: key.to_string(),
-                event_name: "ObjectCreated:Put",
-            }),
-            #[cfg(feature = "s3")]
-            Store::S3(s) => s.put(key, path, size).await,
-        }
-    }
-
-    /// A short description for logs (never credentials).
-    pub fn describe(&self) -> String {
-        match self {
-            Store::Local { store, .. } => format!("folder {}", store.dir().display()),
-            #[cfg(feature = "s3")]
-            Store::S3(s) => s.describe(),
-        }
-    }
-}
 
 struct ShipTarget {
     name: String,

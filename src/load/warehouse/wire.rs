@@ -1,0 +1,230 @@
+//! The PostgreSQL wire protocol, which PostgreSQL and Redshift both speak: connecting (TLS per
+//! `rin_ship.sslmode`, IAM temporary logins for Redshift), what the server's errors mean
+//! ([`pg_failure`]), and the ledger transaction both drivers run ([`LedgerTx`]: BEGIN, LOCK,
+//! the ledger lookups, the driver's load, the ledger rows, COMMIT).
+//!
+//! Must never: print a password (connections are shown by [`Redshift::visible_dsn`]); commit a
+//! load whose ledger rows were not all written.
+
+use crate::load::ledger::{Group, Item, ItemResult, Ledger, LoadFailure, Pending};
+use crate::load::rin::{Redshift, SslMode};
+use tokio_postgres::{Client, NoTls, Transaction};
+use tracing::warn;
+
+/// Connects as Rin does (host, port, dbname, user, password), TLS per `sslmode`.
+pub async fn connect(r: &Redshift, sslmode: SslMode) -> Result<Client, LoadFailure> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&r.host)
+        .port(if r.port == 0 { 5439 } else { r.port })
+        .dbname(&r.dbname)
+        .user(&r.user)
+        .application_name("rin-ship")
+        .connect_timeout(std::time::Duration::from_secs(30));
+    if !r.password.is_empty() {
+        cfg.password(&r.password);
+    }
+    #[cfg(feature = "redshift")]
+    if r.iam_auth {
+        // Temporary credentials, fetched anew when the cached ones are near their expiry.
+        let c = super::redshift::iam::credentials(r).await?;
+        cfg.user(&c.user).password(c.password.expose());
+    }
+    let what = r.visible_dsn();
+    let connected = match sslmode {
+        SslMode::Disable => open(cfg, NoTls, &what).await,
+        mode => {
+            cfg.ssl_mode(if mode == SslMode::Require {
+                tokio_postgres::config::SslMode::Require
+            } else {
+                tokio_postgres::config::SslMode::Prefer
+            });
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+                crate::common::tls::client_config().map_err(LoadFailure::from)?,
+            );
+            open(cfg, tls, &what).await
+        }
+    };
+    #[cfg(feature = "redshift")]
+    if r.iam_auth && connected.is_err() {
+        // Perhaps refused: the next attempt logs in with freshly fetched credentials.
+        super::redshift::iam::invalidate(r).await;
+    }
+    connected
+}
+
+/// Connects and drives the connection in the background.
+async fn open<T>(cfg: tokio_postgres::Config, tls: T, what: &str) -> Result<Client, LoadFailure>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+{
+    let (client, conn) = cfg
+        .connect(tls)
+        .await
+        .map_err(|e| pg_failure(&e, false, &format!("cannot connect to {what}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            warn!("warehouse connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// The server's message, with its detail when it has one.
+pub fn db_reason(db: &tokio_postgres::error::DbError) -> String {
+    match db.detail() {
+        Some(d) if !d.is_empty() => format!("{}: {d}", db.message()),
+        _ => db.message().to_string(),
+    }
+}
+
+/// A failure of `what` (a step, or a statement as shown) with `e`, classified by the ledger's
+/// rules; with `data_possible` false (the ledger's own statements), a data-class SQLSTATE is not
+/// a data error.
+pub fn pg_failure(e: &tokio_postgres::Error, data_possible: bool, what: &str) -> LoadFailure {
+    match e.as_db_error() {
+        Some(db) => LoadFailure::server(Some(db.code().code()), db_reason(db), data_possible, what),
+        None => {
+            let text = e.to_string();
+            let kind = crate::load::ledger::failure::classify_client(&text);
+            let message = if what.is_empty() {
+                text
+            } else {
+                format!("{what}: {text}")
+            };
+            LoadFailure::new(kind, message)
+        }
+    }
+}
+
+/// A statement that loads no rows failed (the ledger's, the catalog's): never a data error.
+impl From<tokio_postgres::Error> for LoadFailure {
+    fn from(e: tokio_postgres::Error) -> LoadFailure {
+        pg_failure(&e, false, "")
+    }
+}
+
+/// Creates the ledger if missing (racing importers: a failed CREATE is retried).
+pub async fn ensure_ledger(client: &Client, ledger: &Ledger) -> Result<(), LoadFailure> {
+    let ddl = ledger.ddl().join(";\n");
+    for attempt in 0..3 {
+        match client.batch_execute(&ddl).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 2 => {
+                warn!("creating the ledger {}: {e}; retrying", ledger.ident());
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(LoadFailure::new(
+                    crate::load::ledger::ErrorKind::Other,
+                    format!("ledger: cannot create the ledger {}: {e}", ledger.ident()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One load's transaction, after the ledger lock and lookups: `pending.new` are the objects
+/// to load; the driver writes their rows and, for each, [`LedgerTx::record`]s its ledger row,
+/// then [`LedgerTx::commit`]s.
+pub struct LedgerTx<'c> {
+    pub tx: Transaction<'c>,
+    pub pending: Pending,
+    insert: String,
+    /// The ledger's `target`: the destination table, quoted.
+    pub target: String,
+    pub batch_id: String,
+}
+
+impl<'c> LedgerTx<'c> {
+    /// BEGIN; LOCK the ledger; look every object of the group up.
+    pub async fn begin(
+        client: &'c mut Client,
+        ledger: &Ledger,
+        group: &Group,
+    ) -> Result<LedgerTx<'c>, LoadFailure> {
+        let target = group.dest.qualified();
+        let tx = client.transaction().await?;
+        if let Some(lock) = ledger.lock() {
+            tx.batch_execute(&lock)
+                .await
+                .map_err(|e| pg_failure(&e, false, &format!("LOCK {}", ledger.ident())))?;
+        }
+        let mut pending = Pending::new(&group.items);
+        let lookup = ledger.lookup();
+        for i in pending.new.clone() {
+            let it = &group.items[i];
+            let hit = tx
+                .query_opt(
+                    &lookup,
+                    &[&it.bucket, &it.key, &it.etag, &it.version_id, &target],
+                )
+                .await
+                .map_err(|e| pg_failure(&e, false, "ledger lookup"))?;
+            if hit.is_some() {
+                pending.settle(i, ItemResult::Duplicate);
+            }
+        }
+        Ok(LedgerTx {
+            tx,
+            pending,
+            insert: ledger.insert(),
+            target,
+            batch_id: crate::load::ledger::batch_id(),
+        })
+    }
+
+    /// The ledger row of `it`: `rows` written from it, `batch_rows` by the whole load.
+    pub async fn record(
+        &self,
+        it: &Item,
+        rows: Option<i64>,
+        batch_rows: Option<i64>,
+    ) -> Result<(), LoadFailure> {
+        self.tx
+            .execute(
+                &self.insert,
+                &[
+                    &it.bucket,
+                    &it.key,
+                    &it.etag,
+                    &it.version_id,
+                    &self.target,
+                    &rows,
+                    &self.batch_id,
+                    &batch_rows,
+                ],
+            )
+            .await
+            .map_err(|e| pg_failure(&e, false, "ledger insert"))?;
+        Ok(())
+    }
+
+    /// COMMIT; the results in group order.
+    pub async fn commit(self) -> Result<Vec<ItemResult>, LoadFailure> {
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| pg_failure(&e, false, "COMMIT"))?;
+        Ok(self.pending.finish())
+    }
+}
+
+/// The first column of the first row of `sql`, as a number.
+pub async fn first_value(tx: &Transaction<'_>, sql: &str) -> Result<i64, LoadFailure> {
+    for m in tx.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return r.get(0).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                LoadFailure::new(
+                    crate::load::ledger::ErrorKind::Other,
+                    format!("{sql}: no number"),
+                )
+            });
+        }
+    }
+    Err(LoadFailure::new(
+        crate::load::ledger::ErrorKind::Other,
+        format!("{sql}: no row"),
+    ))
+}
