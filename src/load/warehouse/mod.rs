@@ -26,6 +26,11 @@ pub mod sqlite;
 pub mod stats;
 pub mod wire;
 
+#[cfg(test)]
+pub mod conformance;
+#[cfg(test)]
+mod testpg;
+
 use super::ledger::{Group, Item, ItemResult, LoadFailure};
 use super::rin::{Destination, DriverKind, Redshift, RinConfig, Target};
 use crate::store::{Body, Fetched, Objects};

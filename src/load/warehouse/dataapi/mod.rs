@@ -176,7 +176,8 @@ pub async fn load_group<T: DataApiTransport, W: ManifestWriter>(
             ));
         }
         let new = pending.new.clone();
-        match load_batch(api, &conn, &ledger, cfg, target, manifests, group, &new).await? {
+        let batch = load_batch(api, &conn, &ledger, cfg, target, manifests, group, &new).await;
+        match batch.map_err(|f| f.attribute_single(&new))? {
             Batch::Committed(rows) => {
                 // The batch's rows on its first object (see ItemResult::Loaded).
                 for (n, &i) in new.iter().enumerate() {

@@ -797,3 +797,34 @@ fn config_validation() {
         "eu-west-1"
     );
 }
+
+/// The bad objects of [`crate::load::warehouse::conformance`], as the Data API reports them
+/// (the COPY, statement 3 of the batch, fails): the same verdicts as every other driver.
+#[tokio::test(start_paused = true)]
+async fn conformance_verdicts() {
+    use crate::load::warehouse::conformance::{CASES, Case, expected, verdict};
+    let cfg = parse(CLUSTER);
+    for case in CASES {
+        let error = match case {
+            Case::MissingTable => "ERROR: relation \"public.missing\" does not exist",
+            _ => {
+                "ERROR: Load into table 'access' failed. Check 'sys_load_error_detail' system \
+                 table for details."
+            }
+        };
+        let fake = Fake::default()
+            .script("sel", vec![finished()])
+            .script("batch", vec![batch_failed(2, error)]);
+        let mut api = driver(fake);
+        api.ensured = tokio::sync::Mutex::new([cluster_conn()].into_iter().collect());
+        let f = load_group(
+            &api,
+            &cfg,
+            &api.transport,
+            &group(vec![item("app/a.json.gz", "e1")]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(verdict(&f), expected(case), "{case:?}: {f}");
+    }
+}

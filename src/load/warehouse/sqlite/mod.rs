@@ -370,9 +370,8 @@ fn insert_lines(c: &Connection, table: &str, lines: &[u8], url: &str) -> Result<
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let rec: Record = serde_json::from_slice(line).map_err(|e| {
-            LoadFailure::corrupt(url, Some(n as u64 + 1), format!("line {}: {e}", n + 1))
-        })?;
+        let rec: Record = serde_json::from_slice(line)
+            .map_err(|e| LoadFailure::corrupt(url, Some(n as u64 + 1), e.to_string()))?;
         let fields = rec.columns();
         if fields.is_empty() {
             if cols.is_none() {
