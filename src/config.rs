@@ -5,8 +5,10 @@
 use crate::common::secret::Secret;
 use crate::common::units::{ByteSize, Span};
 use crate::route::TagPattern;
+pub use crate::ship::ShipConfig;
 use crate::ship::key::KeyTemplate;
 pub use crate::store::config::{NotifyConfig, StoreConfig};
+pub use crate::telemetry::MetricsConfig;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -112,24 +114,6 @@ pub struct BufferConfig {
     pub max_open_chunks: usize,
 }
 
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShipConfig {
-    /// Uploads in flight at once.
-    pub concurrency: usize,
-    /// On SIGTERM, how long to keep uploading before exiting (the rest ships on next start).
-    pub shutdown_timeout: Span,
-    /// Upper bound of the retry backoff between failed uploads.
-    pub max_backoff: Span,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    pub enabled: bool,
-    pub bind: SocketAddr,
-}
-
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeFormat {
@@ -209,25 +193,6 @@ impl Default for BufferConfig {
             fsync: true,
             dedupe_window: Span(Duration::from_secs(600)),
             max_open_chunks: 32,
-        }
-    }
-}
-
-impl Default for ShipConfig {
-    fn default() -> Self {
-        ShipConfig {
-            concurrency: 4,
-            shutdown_timeout: Span(Duration::from_secs(30)),
-            max_backoff: Span(Duration::from_secs(60)),
-        }
-    }
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            enabled: true,
-            bind: "127.0.0.1:2021".parse().unwrap(),
         }
     }
 }
@@ -328,6 +293,31 @@ impl Config {
     /// The folder of the local queue.
     pub fn queue_dir(&self) -> PathBuf {
         self.data_dir.join("queue")
+    }
+
+    /// What the embedded loader needs to know of this config.
+    pub fn embedded_setup(&self) -> crate::load::embedded::Setup {
+        let notifies_local = |s: &StoreConfig| {
+            matches!(s, StoreConfig::Local { .. }) && s.notify() == &NotifyConfig::Local
+        };
+        crate::load::embedded::Setup {
+            targets: self
+                .targets
+                .iter()
+                .filter(|t| notifies_local(&self.stores[&t.store]))
+                .map(|t| (t.name.clone(), t.store.clone(), t.key.clone()))
+                .collect(),
+            folders: self
+                .stores
+                .iter()
+                .filter_map(|(name, s)| match s {
+                    StoreConfig::Local { dir, .. } => Some((name.clone(), dir.clone())),
+                    StoreConfig::S3(_) => None,
+                })
+                .collect(),
+            warehouse: self.warehouse_path(),
+            queue_dir: self.queue_dir(),
+        }
     }
 
     /// Whether some store notifies the local queue.
@@ -694,5 +684,64 @@ mod tests {
         assert_eq!(c.buffer.seal_age.0, Duration::from_secs(1));
         let e = Config::embedded(&env(&[("RIN_SHIP_HTTP_BIND", "nowhere")])).unwrap_err();
         assert!(e.to_string().contains("RIN_SHIP_HTTP_BIND"), "{e}");
+    }
+
+    #[test]
+    fn derived_config_routes_keys() {
+        let mut c = Config::parse(
+            "embedded_load: true\ndata_dir: /tmp/x\nstores: {other: {type: local, dir: /tmp/o}}\n\
+             targets:\n  - {name: a, match: ['a.**'], store: other, key: 'flat/{seq}.gz'}\n  - {name: b, match: ['**']}\n",
+        )
+        .unwrap();
+        c.fill_defaults();
+        c.validate().unwrap();
+        let cfg = crate::load::embedded::rin_config(&c.embedded_setup()).unwrap();
+        assert_eq!(cfg.targets.len(), 2);
+        assert_eq!(cfg.targets[0].driver, crate::load::rin::DriverKind::Sqlite);
+        assert_eq!(cfg.targets[0].redshift.dbname, "/tmp/x/warehouse.db");
+        let load = |bucket: &str, key: &str| cfg.route(bucket, key).unwrap();
+        assert_eq!(
+            load("other", "flat/0000000001.gz"),
+            crate::load::rin::MatchOutcome::Load(vec![crate::load::rin::Destination {
+                target: 0,
+                schema: String::new(),
+                table: "a".into()
+            }])
+        );
+        assert_eq!(
+            load(
+                "local",
+                "logs/x.y-z/dt=2024-05-01/hour=12/n-0000000001.json.gz"
+            ),
+            crate::load::rin::MatchOutcome::Load(vec![crate::load::rin::Destination {
+                target: 1,
+                schema: String::new(),
+                table: "x.y-z".into()
+            }])
+        );
+        assert_eq!(
+            load("local", "flat/0000000001.gz"),
+            crate::load::rin::MatchOutcome::NoTarget
+        );
+        // A name only SQLite's own tables may have is refused, not loaded.
+        assert!(
+            cfg.route(
+                "local",
+                "logs/sqlite_master/dt=2024-05-01/hour=12/n-0000000001.json.gz"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn default_key_maps_tag_to_table() {
+        let (re, by_tag) = crate::ship::key::KeyTemplate::parse(DEFAULT_KEY)
+            .unwrap()
+            .regex("default");
+        assert!(by_tag);
+        let r = regex::Regex::new(&re).unwrap();
+        let key = "logs/app.web/dt=2026-11-23/hour=09/myhost-1a2b3c4d-0000000001.json.gz";
+        assert_eq!(&r.captures(key).unwrap()[1], "app.web");
+        assert!(!r.is_match("logs/app.web/x/../y.json.gz"));
     }
 }

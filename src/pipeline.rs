@@ -12,8 +12,8 @@ use crate::intake::{Ingest, TargetFormat};
 use crate::load::embedded::Embedded;
 use crate::queue::local::LocalQueue;
 use crate::route::Router;
-use crate::ship::Shipper;
 use crate::ship::key::KeyTemplate;
+use crate::ship::{Shipper, TargetSpec};
 use crate::transcode::LineFormat;
 use anyhow::{Context, Result};
 use std::io::Read;
@@ -46,9 +46,20 @@ pub async fn serve(config: Config) -> Result<()> {
     let embedded = start_embedded(&config, local_queue.as_ref()).await?;
     let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
     let buffer = Arc::new(Buffer::open(&config, &partition_by_tag, sealed_tx)?);
+    let ship_targets: Vec<TargetSpec> = config
+        .targets
+        .iter()
+        .map(|t| TargetSpec {
+            name: &t.name,
+            store: &t.store,
+            key: &t.key,
+        })
+        .collect();
     let shipper = Arc::new(
         Shipper::new(
-            &config,
+            &config.ship,
+            &ship_targets,
+            &config.stores,
             node.clone(),
             buffer.usage.clone(),
             local_queue.as_ref(),
@@ -164,7 +175,9 @@ async fn start_embedded(config: &Config, queue: Option<&LocalQueue>) -> Result<O
     let queue = queue
         .cloned()
         .context("embedded_load: no store notifies the local queue")?;
-    Ok(Some(crate::load::embedded::start(config, queue).await?))
+    Ok(Some(
+        crate::load::embedded::start(&config.embedded_setup(), queue).await?,
+    ))
 }
 
 /// One process per data folder: two writers on the same chunks would corrupt them.

@@ -7,10 +7,27 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: "127.0.0.1:2021".parse().unwrap(),
+        }
+    }
+}
 
 /// Logs to stderr, filtered by `RIN_SHIP_LOG` (default `info`); `debug` (import's `--debug`,
 /// Rin's `-debug`) adds `rin_ship=debug`: rin-ship's own debug logs, not its libraries'.

@@ -19,13 +19,14 @@ use super::consume::consume;
 use super::ledger::{Dialect, Ledger};
 use super::rin::RinConfig;
 use crate::common::shutdown::{self, Trigger};
-use crate::config::{Config, NotifyConfig, StoreConfig};
 use crate::queue::Queue;
 use crate::queue::local::LocalQueue;
 use crate::ship::key::KeyTemplate;
 use crate::store::Objects;
 use crate::store::local::Folders;
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -38,32 +39,42 @@ pub struct Embedded {
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
+/// What `serve` tells the embedded loader: where its objects, queue and warehouse are.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The targets that ship to a local store notifying the local queue: (target name, store
+    /// name, key template).
+    pub targets: Vec<(String, String, String)>,
+    /// The local stores' folders, by store name.
+    pub folders: BTreeMap<String, PathBuf>,
+    /// The SQLite file.
+    pub warehouse: PathBuf,
+    /// The local queue's folder.
+    pub queue_dir: PathBuf,
+}
+
 /// The Rin config of the embedded loader (see the module docs).
-pub fn rin_config(config: &Config) -> Result<RinConfig> {
+pub fn rin_config(setup: &Setup) -> Result<RinConfig> {
     let mut targets = Vec::new();
-    for t in &config.targets {
-        let store = &config.stores[&t.store];
-        if !matches!(store, StoreConfig::Local { .. }) || store.notify() != &NotifyConfig::Local {
-            continue;
-        }
-        let (re, by_tag) = KeyTemplate::parse(&t.key)
+    for (name, store, key) in &setup.targets {
+        let (re, by_tag) = KeyTemplate::parse(key)
             .map_err(anyhow::Error::msg)?
-            .regex(&t.name);
-        let table = if by_tag { "$1" } else { t.name.as_str() };
+            .regex(name);
+        let table = if by_tag { "$1" } else { name.as_str() };
         targets.push(serde_json::json!({
             "redshift": {"table": table},
-            "s3": {"bucket": t.store, "key_regexp": re},
+            "s3": {"bucket": store, "key_regexp": re},
             "break": true,
         }));
     }
     let doc = serde_json::json!({
         "redshift": {
             "driver": "sqlite",
-            "dbname": config.warehouse_path().to_string_lossy(),
+            "dbname": setup.warehouse.to_string_lossy(),
         },
         "targets": targets,
         "rin_ship": {
-            "queue_url": format!("local:{}", config.queue_dir().display()),
+            "queue_url": format!("local:{}", setup.queue_dir.display()),
             "concurrency": 1,
             "wait_time_seconds": 20,
             "visibility_timeout_seconds": 60,
@@ -74,22 +85,15 @@ pub fn rin_config(config: &Config) -> Result<RinConfig> {
 }
 
 /// Starts the loader on `queue` (opened by serve, which the shipper's notifications feed).
-pub async fn start(config: &Config, queue: LocalQueue) -> Result<Embedded> {
-    let cfg = Arc::new(rin_config(config)?);
+pub async fn start(setup: &Setup, queue: LocalQueue) -> Result<Embedded> {
+    let cfg = Arc::new(rin_config(setup)?);
     // Open the warehouse once now: a file that is not SQLite fails serve at start.
-    let path = config.warehouse_path();
+    let path = setup.warehouse.clone();
     let ledger = Ledger::new(&cfg, Dialect::Sqlite);
     let p = path.clone();
     tokio::task::spawn_blocking(move || super::warehouse::sqlite::open(&p, &ledger)).await??;
-    let folders = config
-        .stores
-        .iter()
-        .filter_map(|(name, s)| match s {
-            StoreConfig::Local { dir, .. } => Some((name.clone(), dir.clone())),
-            StoreConfig::S3(_) => None,
-        })
-        .collect();
-    let loader = Arc::new(Loader::new(cfg, Objects::Local(Folders(folders))));
+    let folders = Folders(setup.folders.clone());
+    let loader = Arc::new(Loader::new(cfg, Objects::Local(folders)));
     let (stop, stopping) = shutdown::channel();
     let (ready, inflight) = queue.depth();
     info!(
@@ -146,67 +150,5 @@ impl Embedded {
                 "embedded loader stopped with messages queued; they load at the next start"
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::load::rin::{Destination, MatchOutcome};
-
-    #[test]
-    fn default_key_maps_tag_to_table() {
-        let (re, by_tag) = KeyTemplate::parse(crate::config::DEFAULT_KEY)
-            .unwrap()
-            .regex("default");
-        assert!(by_tag);
-        let r = regex::Regex::new(&re).unwrap();
-        let key = "logs/app.web/dt=2026-11-23/hour=09/myhost-1a2b3c4d-0000000001.json.gz";
-        assert_eq!(&r.captures(key).unwrap()[1], "app.web");
-        assert!(!r.is_match("logs/app.web/x/../y.json.gz"));
-    }
-
-    #[test]
-    fn derived_config_routes_keys() {
-        let mut c = Config::parse(
-            "embedded_load: true\ndata_dir: /tmp/x\nstores: {other: {type: local, dir: /tmp/o}}\n\
-             targets:\n  - {name: a, match: ['a.**'], store: other, key: 'flat/{seq}.gz'}\n  - {name: b, match: ['**']}\n",
-        )
-        .unwrap();
-        c.fill_defaults();
-        c.validate().unwrap();
-        let cfg = rin_config(&c).unwrap();
-        assert_eq!(cfg.targets.len(), 2);
-        assert_eq!(cfg.targets[0].driver, crate::load::rin::DriverKind::Sqlite);
-        assert_eq!(cfg.targets[0].redshift.dbname, "/tmp/x/warehouse.db");
-        let load = |bucket: &str, key: &str| cfg.route(bucket, key).unwrap();
-        assert_eq!(
-            load("other", "flat/0000000001.gz"),
-            MatchOutcome::Load(vec![Destination {
-                target: 0,
-                schema: String::new(),
-                table: "a".into()
-            }])
-        );
-        assert_eq!(
-            load(
-                "local",
-                "logs/x.y-z/dt=2024-05-01/hour=12/n-0000000001.json.gz"
-            ),
-            MatchOutcome::Load(vec![Destination {
-                target: 1,
-                schema: String::new(),
-                table: "x.y-z".into()
-            }])
-        );
-        assert_eq!(load("local", "flat/0000000001.gz"), MatchOutcome::NoTarget);
-        // A name only SQLite's own tables may have is refused, not loaded.
-        assert!(
-            cfg.route(
-                "local",
-                "logs/sqlite_master/dt=2024-05-01/hour=12/n-0000000001.json.gz"
-            )
-            .is_err()
-        );
     }
 }

@@ -10,16 +10,49 @@ pub mod key;
 use crate::buffer::chunk::{SealedChunk, retire};
 use crate::buffer::{Sealed, Usage};
 use crate::common::retry::{self, Backoff};
-use crate::config::Config;
+use crate::common::units::Span;
 use crate::queue::local::LocalQueue;
 use crate::queue::notify::Notifier;
+use crate::store::config::StoreConfig;
 use crate::store::{Store, Stored};
 use anyhow::Result;
 use key::{KeyInputs, KeyTemplate};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShipConfig {
+    /// Uploads in flight at once.
+    pub concurrency: usize,
+    /// On SIGTERM, how long to keep uploading before exiting (the rest ships on next start).
+    pub shutdown_timeout: Span,
+    /// Upper bound of the retry backoff between failed uploads.
+    pub max_backoff: Span,
+}
+
+impl Default for ShipConfig {
+    fn default() -> Self {
+        ShipConfig {
+            concurrency: 4,
+            shutdown_timeout: Span(Duration::from_secs(30)),
+            max_backoff: Span(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A target as the shipper sees it (from serve's config).
+pub struct TargetSpec<'a> {
+    pub name: &'a str,
+    /// The name of the store its objects go to.
+    pub store: &'a str,
+    /// The object key template.
+    pub key: &'a str,
+}
 
 struct ShipTarget {
     name: String,
@@ -38,39 +71,42 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    /// `local_queue`: the queue stores with `notify: local` send to (open when one does).
+    /// `targets` in the buffer's order; `stores` by name; `local_queue`: the queue stores
+    /// with `notify: local` send to (open when one does).
     pub async fn new(
-        config: &Config,
+        config: &ShipConfig,
+        targets: &[TargetSpec<'_>],
+        stores: &BTreeMap<String, StoreConfig>,
         node: String,
         usage: Arc<Usage>,
         local_queue: Option<&LocalQueue>,
     ) -> Result<Shipper> {
-        let mut stores = std::collections::HashMap::new();
-        let mut targets = Vec::new();
-        for t in &config.targets {
-            if !stores.contains_key(&t.store) {
-                let cfg = &config.stores[&t.store];
-                let store = Store::from_config(&t.store, cfg).await?;
+        let mut open = std::collections::HashMap::new();
+        let mut ship_targets = Vec::new();
+        for t in targets {
+            if !open.contains_key(t.store) {
+                let cfg = &stores[t.store];
+                let store = Store::from_config(t.store, cfg).await?;
                 info!(store = %t.store, "object store: {}", store.describe());
                 let notifier = Notifier::for_store(cfg, local_queue).await?;
                 if let Some(n) = &notifier {
                     info!(store = %t.store, "object-created events to {}", n.describe());
                 }
-                stores.insert(t.store.clone(), (Arc::new(store), notifier.map(Arc::new)));
+                open.insert(t.store, (Arc::new(store), notifier.map(Arc::new)));
             }
-            let (store, notifier) = &stores[&t.store];
-            targets.push(ShipTarget {
-                name: t.name.clone(),
-                key: KeyTemplate::parse(&t.key).map_err(anyhow::Error::msg)?,
+            let (store, notifier) = &open[t.store];
+            ship_targets.push(ShipTarget {
+                name: t.name.to_string(),
+                key: KeyTemplate::parse(t.key).map_err(anyhow::Error::msg)?,
                 store: store.clone(),
                 notifier: notifier.clone(),
             });
         }
         Ok(Shipper {
-            targets,
+            targets: ship_targets,
             node,
-            slots: Arc::new(Semaphore::new(config.ship.concurrency)),
-            max_backoff: config.ship.max_backoff.0,
+            slots: Arc::new(Semaphore::new(config.concurrency)),
+            max_backoff: config.max_backoff.0,
             usage,
         })
     }
