@@ -4,7 +4,8 @@
 
 use crate::common::secret::Secret;
 use crate::common::units::{ByteSize, Span};
-use crate::route::TagPattern;
+use crate::intake::route::TagPattern;
+use crate::intake::transcode::TimeFormat;
 use crate::ship::key::KeyTemplate;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -60,7 +61,7 @@ pub struct ForwardConfig {
     /// Shared-key handshake (fluentd's `<security>`); absent: no handshake.
     pub security: Option<SecurityConfig>,
     /// TLS on the forward port (certificate reloaded on SIGHUP); absent: plain TCP.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<crate::intake::tls::TlsConfig>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -244,17 +245,6 @@ fn default_part_size() -> ByteSize {
 }
 fn default_max_attempts() -> u32 {
     4
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeFormat {
-    /// `2024-05-01T12:34:56.789012Z`, with `time_precision` fractional digits.
-    Rfc3339,
-    /// Seconds since the epoch, with `time_precision` fractional digits.
-    EpochSeconds,
-    /// Whole milliseconds since the epoch.
-    EpochMillis,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -5,8 +5,9 @@
 //! - [`buffer`]: events written once, on disk, as the final gzip NDJSON object bytes;
 //! - [`ship`]: sealed chunks uploaded under deterministic keys to a folder or S3.
 //!
-//! Around them: [`config`] (YAML), [`route`] (tag patterns), [`transcode`] and [`msgpack`]
-//! (the hot path), [`telemetry`] (logs, metrics), [`pipeline`] (wiring and shutdown).
+//! Around them: [`config`] (YAML), [`telemetry`] (logs, metrics), [`pipeline`] (wiring and
+//! shutdown). The hot path (`intake::msgpack`, `intake::transcode`) and routing
+//! (`intake::route`) live with the intake.
 
 mod buffer;
 mod common;
@@ -14,15 +15,11 @@ mod config;
 mod intake;
 #[cfg(all(feature = "s3", feature = "sqs"))]
 mod load;
-mod msgpack;
 mod pipeline;
 mod query;
 mod queue_local;
-mod route;
 mod ship;
 mod telemetry;
-mod tls;
-mod transcode;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

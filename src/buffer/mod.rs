@@ -10,7 +10,7 @@
 pub mod chunk;
 
 use crate::config::Config;
-use crate::msgpack::EventTime;
+use crate::intake::msgpack::EventTime;
 use chunk::{OpenChunk, SealedChunk};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

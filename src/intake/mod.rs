@@ -5,10 +5,14 @@
 pub mod decompress;
 pub mod forward;
 pub mod http;
+pub mod msgpack;
+pub mod route;
+pub mod tls;
+pub mod transcode;
 
 use crate::buffer::{Batch, Buffer, Claim, ClaimGuard};
-use crate::route::Router;
-use crate::transcode::{LineFormat, write_str};
+use crate::intake::route::Router;
+use crate::intake::transcode::{LineFormat, write_str};
 use forward::frame::{self, FrameError};
 use std::collections::HashMap;
 use std::future::Future;
@@ -113,7 +117,7 @@ impl Ingest {
         route: &Route,
         lines: Vec<u8>,
         events: u64,
-        first_time: crate::msgpack::EventTime,
+        first_time: crate::intake::msgpack::EventTime,
         claim: Option<ClaimGuard>,
     ) -> Result<crate::buffer::Durable, String> {
         let batch = Batch {

@@ -11,8 +11,8 @@
 //! - Unknown option keys are ignored; `chunk` asks for an ack echoing its bytes exactly.
 
 use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
-use crate::msgpack::{DecodeError, EventTime, Reader, type_name};
-use crate::transcode::{LineFormat, TimeRenderer};
+use crate::intake::msgpack::{DecodeError, EventTime, Reader, type_name};
+use crate::intake::transcode::{LineFormat, TimeRenderer};
 use std::borrow::Cow;
 
 /// Why a frame was refused; `reason` is the metric label.
@@ -364,7 +364,7 @@ pub fn ack_message(chunk: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TimeFormat;
+    use crate::intake::transcode::TimeFormat;
     use rmpv::Value;
 
     fn enc(v: &Value) -> Vec<u8> {

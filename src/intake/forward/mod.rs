@@ -10,9 +10,9 @@ pub mod handshake;
 pub mod json;
 
 use crate::common::shutdown::Shutdown;
+use crate::intake::msgpack::FrameScanner;
+use crate::intake::tls::ReloadableAcceptor;
 use crate::intake::{Ingest, IngestError};
-use crate::msgpack::FrameScanner;
-use crate::tls::ReloadableAcceptor;
 use frame::FrameError;
 use futures::stream::{FuturesOrdered, StreamExt};
 use handshake::Security;

@@ -15,8 +15,8 @@
 //! pairs and the raw value text is copied (re-compacted only when it spans lines).
 
 use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
-use crate::msgpack::{DecodeError, EventTime, FrameScanner, Reader, type_name};
-use crate::transcode::{LineFormat, TimeRenderer, write_str};
+use crate::intake::msgpack::{DecodeError, EventTime, FrameScanner, Reader, type_name};
+use crate::intake::transcode::{LineFormat, TimeRenderer, write_str};
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -591,7 +591,7 @@ fn msgpack_record_time(r: &Reader, time_key: &str) -> Option<EventTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TimeFormat;
+    use crate::intake::transcode::TimeFormat;
 
     const T0: i64 = 1_714_566_896;
 
