@@ -4,7 +4,7 @@
 //! queued within the same deadline, exit. What is not uploaded stays on disk, and what is not
 //! loaded stays queued, for the next start.
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, BufferTarget};
 use crate::common::shutdown;
 use crate::config::Config;
 use crate::intake::forward::ForwardServer;
@@ -44,7 +44,16 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let embedded = start_embedded(&config, local_queue.as_ref()).await?;
     let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
-    let buffer = Arc::new(Buffer::open(&config, &partition_by_tag, sealed_tx)?);
+    let buffer_targets: Vec<BufferTarget> = config
+        .targets
+        .iter()
+        .zip(&partition_by_tag)
+        .map(|(t, by_tag)| BufferTarget {
+            name: t.name.clone(),
+            partition_by_tag: *by_tag,
+        })
+        .collect();
+    let buffer = Arc::new(Buffer::open(&config.buffer, &buffer_targets, sealed_tx)?);
     let shipper = Arc::new(
         Shipper::new(
             &config,
@@ -104,10 +113,7 @@ pub async fn serve(config: Config) -> Result<()> {
         buffer.clone(),
         router,
         formats,
-        crate::intake::forward::frame::Limits {
-            max_decompressed: config.forward.max_decompressed_bytes.0 as usize,
-            max_entries: config.forward.max_entries,
-        },
+        config.forward.frame_limits(),
     ));
 
     let (stop, stopping) = shutdown::channel();

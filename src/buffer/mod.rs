@@ -8,8 +8,10 @@
 //! and commits once for the lot (group commit), then answers all their submitters.
 
 pub mod chunk;
+mod config;
 
-use crate::config::Config;
+pub use config::BufferConfig;
+
 use crate::intake::msgpack::EventTime;
 use chunk::{OpenChunk, SealedChunk};
 use std::collections::HashMap;
@@ -36,6 +38,13 @@ pub struct Batch {
 
 /// Resolves when the batch is durable (`Ok`) or could not be stored (`Err`, never acked).
 pub type Durable = oneshot::Receiver<Result<(), String>>;
+
+/// What the buffer needs to know of a target: its folder's name and whether its chunks are
+/// split by tag (its object keys use the tag).
+pub struct BufferTarget {
+    pub name: String,
+    pub partition_by_tag: bool,
+}
 
 /// A sealed chunk and the index of the target it belongs to.
 pub type Sealed = (usize, SealedChunk);
@@ -79,35 +88,30 @@ impl Buffer {
     /// Recovers what a previous run left (sealing open chunks and queueing every sealed one
     /// on `sealed`), then starts the writer threads.
     pub fn open(
-        config: &Config,
-        partition_by_tag: &[bool],
+        config: &BufferConfig,
+        targets: &[BufferTarget],
         sealed: mpsc::UnboundedSender<Sealed>,
     ) -> anyhow::Result<Buffer> {
-        let root = &config.buffer.dir;
+        let root = &config.dir;
         std::fs::create_dir_all(root)?;
-        let usage = Arc::new(Usage::new(config.buffer.quota.0));
-        let dedupe = Arc::new(Dedupe::new(config.buffer.dedupe_window.0));
+        let usage = Arc::new(Usage::new(config.quota.0));
+        let dedupe = Arc::new(Dedupe::new(config.dedupe_window.0));
         let mut max_seq = 0u64;
-        for target in &config.targets {
+        for (index, target) in targets.iter().enumerate() {
             let dir = root.join(&target.name);
             std::fs::create_dir_all(&dir)?;
             max_seq = max_seq.max(recover_dir(&dir, &usage, &dedupe, |chunk| {
-                let index = config
-                    .targets
-                    .iter()
-                    .position(|t| t.name == target.name)
-                    .unwrap();
                 let _ = sealed.send((index, chunk));
             })?);
         }
-        warn_unknown_dirs(root, config);
+        warn_unknown_dirs(root, targets);
         let seqs = Arc::new(SeqAllocator::open(&root.join("seq.next"), max_seq + 1)?);
         let mut lanes = Vec::new();
         let mut threads = Vec::new();
-        for (index, target) in config.targets.iter().enumerate() {
+        for (index, target) in targets.iter().enumerate() {
             let mut shards = Vec::new();
             let mut busy = Vec::new();
-            for shard in 0..config.buffer.shards {
+            for shard in 0..config.shards {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
                 let in_hand = Arc::new(AtomicUsize::new(0));
                 busy.push(in_hand.clone());
@@ -115,16 +119,16 @@ impl Buffer {
                     busy: in_hand,
                     target: index,
                     dir: root.join(&target.name),
-                    level: config.buffer.compression_level,
-                    fsync: config.buffer.fsync,
-                    seal_bytes: config.buffer.seal_bytes.0,
-                    seal_age: config.buffer.seal_age.0,
-                    partition_by_tag: partition_by_tag[index],
+                    level: config.compression_level,
+                    fsync: config.fsync,
+                    seal_bytes: config.seal_bytes.0,
+                    seal_age: config.seal_age.0,
+                    partition_by_tag: target.partition_by_tag,
                     seqs: seqs.clone(),
                     usage: usage.clone(),
                     sealed: sealed.clone(),
                     open: HashMap::new(),
-                    max_open: config.buffer.max_open_chunks.max(1),
+                    max_open: config.max_open_chunks.max(1),
                     seal_failures: Vec::new(),
                 };
                 threads.push(
@@ -138,7 +142,7 @@ impl Buffer {
         }
         Ok(Buffer {
             lanes,
-            dirs: config.targets.iter().map(|t| root.join(&t.name)).collect(),
+            dirs: targets.iter().map(|t| root.join(&t.name)).collect(),
             inflight: Arc::new(Semaphore::new(INFLIGHT_KIB)),
             usage,
             dedupe,
@@ -300,13 +304,13 @@ fn collect_shipped(dir: &Path, window: Duration, dedupe: Option<&Dedupe>) -> io:
     Ok(kept)
 }
 
-fn warn_unknown_dirs(root: &Path, config: &Config) {
+fn warn_unknown_dirs(root: &Path, targets: &[BufferTarget]) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if e.path().is_dir() && !config.targets.iter().any(|t| t.name == name) {
+        if e.path().is_dir() && !targets.iter().any(|t| t.name == name) {
             warn!(
                 dir = %e.path().display(),
                 "buffer folder of a target that is no longer configured: its chunks stay on disk until the target is configured again"
@@ -768,15 +772,24 @@ impl Dedupe {
 mod tests {
     use super::*;
 
+    /// The one target of these tests, as a config without targets gets (`default`).
+    fn target(partition_by_tag: bool) -> BufferTarget {
+        BufferTarget {
+            name: "default".into(),
+            partition_by_tag,
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_committed_chunk_id_stays_claimed_when_nobody_waits_for_the_ack() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::parse(&format!("data_dir: {}\n", dir.path().display())).unwrap();
-        config.buffer.dir = dir.path().join("buffer");
-        config.buffer.shards = 1;
-        config.targets.push(crate::config::TargetConfig::default());
+        let config = BufferConfig {
+            dir: dir.path().join("buffer"),
+            shards: 1,
+            ..BufferConfig::default()
+        };
         let (sealed, _sealed_rx) = mpsc::unbounded_channel();
-        let buffer = Buffer::open(&config, &[false], sealed).unwrap();
+        let buffer = Buffer::open(&config, &[target(false)], sealed).unwrap();
         let Claim::New(claim) = buffer.dedupe.claim(b"chunk-1") else {
             panic!("first sighting must be new");
         };
@@ -808,13 +821,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_max_open_chunks_the_oldest_open_chunk_is_sealed_early() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::parse(&format!("data_dir: {}\n", dir.path().display())).unwrap();
-        config.buffer.dir = dir.path().join("buffer");
-        config.buffer.shards = 1;
-        config.buffer.max_open_chunks = 2;
-        config.targets.push(crate::config::TargetConfig::default());
+        let config = BufferConfig {
+            dir: dir.path().join("buffer"),
+            shards: 1,
+            max_open_chunks: 2,
+            ..BufferConfig::default()
+        };
         let (sealed, mut sealed_rx) = mpsc::unbounded_channel();
-        let buffer = Buffer::open(&config, &[true], sealed).unwrap();
+        let buffer = Buffer::open(&config, &[target(true)], sealed).unwrap();
         for tag in ["a", "b", "c"] {
             let batch = Batch {
                 partition: Arc::from(tag),

@@ -3,11 +3,14 @@
 //! limits; it must never ack a frame before the buffer says its events are durable, and a bad
 //! frame must cost only its own connection.
 
+mod config;
 pub mod frame;
 #[cfg(test)]
 mod fuzz;
 pub mod handshake;
 pub mod json;
+
+pub use config::ForwardConfig;
 
 use crate::common::shutdown::Shutdown;
 use crate::intake::msgpack::FrameScanner;
@@ -57,7 +60,7 @@ struct Shared {
 
 impl ForwardServer {
     pub async fn bind(
-        config: &crate::config::ForwardConfig,
+        config: &ForwardConfig,
         ingest: Arc<Ingest>,
     ) -> anyhow::Result<ForwardServer> {
         let listener = TcpListener::bind(config.bind)
