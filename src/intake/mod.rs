@@ -10,7 +10,7 @@ pub mod route;
 pub mod tls;
 pub mod transcode;
 
-use crate::buffer::{Batch, Buffer, Claim, ClaimGuard};
+use crate::buffer::{Batch, Buffer, Claim, ClaimGuard, StoreError};
 use crate::intake::route::Router;
 use crate::intake::transcode::{LineFormat, write_str};
 use forward::frame::{self, FrameError};
@@ -65,7 +65,7 @@ pub struct Route {
     pub tag_json: Vec<u8>,
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+type AckFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, StoreError>> + Send>>;
 
 impl Ingest {
     pub fn new(
@@ -119,7 +119,7 @@ impl Ingest {
         events: u64,
         first_time: crate::intake::msgpack::EventTime,
         claim: Option<ClaimGuard>,
-    ) -> Result<crate::buffer::Durable, String> {
+    ) -> Result<crate::buffer::Durable, StoreError> {
         let batch = Batch {
             partition: route.partition.clone(),
             lines,
@@ -244,20 +244,19 @@ impl Ingest {
             .buffer
             .submit(route.target, batch)
             .await
-            .map_err(|e| refused("unavailable", e))?;
+            .map_err(|e| refused("unavailable", e.to_string()))?;
         let Some(id) = chunk_id else {
             return Ok(None);
         };
         let started = std::time::Instant::now();
         Ok(Some(Box::pin(async move {
             match durable.await {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     metrics::histogram!("rin_ack_latency_seconds", "intake" => "forward")
                         .record(started.elapsed().as_secs_f64());
                     Ok(id)
                 }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err("buffer stopped before the events were durable".to_string()),
+                Err(e) => Err(e),
             }
         })))
     }

@@ -12,6 +12,7 @@ pub mod json;
 
 pub use config::ForwardConfig;
 
+use crate::buffer::StoreError;
 use crate::common::shutdown::Shutdown;
 use crate::intake::msgpack::FrameScanner;
 use crate::intake::tls::ReloadableAcceptor;
@@ -39,7 +40,7 @@ const DRAIN_MAX: Duration = Duration::from_secs(5);
 /// Frames a connection may have waiting for their ack before it stops reading more.
 const MAX_PENDING_ACKS: usize = 64;
 
-type PendingAck = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+type PendingAck = Pin<Box<dyn Future<Output = Result<Vec<u8>, StoreError>> + Send>>;
 
 pub struct ForwardServer {
     listener: TcpListener,
@@ -441,7 +442,7 @@ impl Connection {
 
 async fn write_ack<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    ack: Result<Vec<u8>, String>,
+    ack: Result<Vec<u8>, StoreError>,
     json: bool,
 ) -> Result<(), String> {
     match ack {

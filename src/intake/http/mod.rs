@@ -27,6 +27,7 @@ mod config;
 
 pub use config::HttpConfig;
 
+use crate::buffer::StoreError;
 use crate::common::shutdown::Shutdown;
 use crate::intake::msgpack::EventTime;
 use crate::intake::tls::ReloadableAcceptor;
@@ -445,20 +446,20 @@ impl State {
             .ingest
             .submit_lines(&route, lines.lines, lines.events, first_time, claim)
             .await
-            .map_err(|e| Self::unavailable(&e))?;
+            .map_err(|e| Self::unavailable(&e.to_string()))?;
         match durable.await {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 metrics::histogram!("rin_ack_latency_seconds", "intake" => "http")
                     .record(started.elapsed().as_secs_f64());
                 Ok(())
             }
-            Ok(Err(e)) => Err(Reject::new(
+            Err(StoreError::Stopped) => Err(Self::unavailable(
+                "the buffer stopped before the events were durable; retry",
+            )),
+            Err(e) => Err(Reject::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "not_stored",
                 format!("events not stored: {e}"),
-            )),
-            Err(_) => Err(Self::unavailable(
-                "the buffer stopped before the events were durable; retry",
             )),
         }
     }
