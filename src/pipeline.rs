@@ -109,12 +109,7 @@ pub async fn serve(config: Config) -> Result<()> {
             partition_by_tag: *by_tag,
         })
         .collect();
-    let ingest = Arc::new(Ingest::new(
-        buffer.clone(),
-        router,
-        formats,
-        config.forward.frame_limits(),
-    ));
+    let ingest = Arc::new(Ingest::new(buffer.clone(), router, formats));
 
     let (stop, stopping) = shutdown::channel();
     // Bound before forward, so a client that sees the forward port open finds HTTP open too.

@@ -31,7 +31,7 @@ use crate::buffer::StoreError;
 use crate::common::shutdown::Shutdown;
 use crate::intake::msgpack::EventTime;
 use crate::intake::tls::ReloadableAcceptor;
-use crate::intake::{Ingest, Intake};
+use crate::intake::{Ingest, IngestError, Intake};
 use body::{BodyError, BodyKind, Lines, Shape};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -100,6 +100,38 @@ impl From<BodyError> for Reject {
             e.reason,
             e.detail,
         )
+    }
+}
+
+impl From<IngestError> for Reject {
+    fn from(e: IngestError) -> Reject {
+        match e {
+            // Clients keep and retry a 500, as forward clients keep an unacked frame.
+            IngestError::NoRoute { .. } => {
+                Reject::new(StatusCode::INTERNAL_SERVER_ERROR, e.reason(), e.to_string())
+            }
+            IngestError::Refused { reason, detail } => {
+                Reject::new(StatusCode::BAD_REQUEST, reason, detail)
+            }
+            IngestError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Reject {
+    /// Shutting down: 503, retry after the restart. A failed write: 500.
+    fn from(e: StoreError) -> Reject {
+        match e {
+            StoreError::ShuttingDown => State::unavailable(&e.to_string()),
+            StoreError::Stopped => {
+                State::unavailable("the buffer stopped before the events were durable; retry")
+            }
+            StoreError::Io { .. } | StoreError::NotDurable => Reject::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not_stored",
+                format!("events not stored: {e}"),
+            ),
+        }
     }
 }
 
@@ -352,14 +384,7 @@ impl State {
         }
         self.authenticate(req.headers())?;
         let tag = self.tag(&req)?;
-        let Some(route) = self.ingest.route(&tag) else {
-            metrics::counter!("rin_events_refused_total", "reason" => "no_route").increment(1);
-            return Err(Reject::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no_route",
-                format!("tag `{tag}` matches no target and no fallback is configured"),
-            ));
-        };
+        let route = self.ingest.route(&tag)?;
         if self.ingest.buffer_full() {
             return Err(Self::unavailable(
                 "the buffer is at its disk quota; retry later",
@@ -445,23 +470,11 @@ impl State {
         let durable = self
             .ingest
             .submit_lines(&route, lines.lines, lines.events, first_time, claim)
-            .await
-            .map_err(|e| Self::unavailable(&e.to_string()))?;
-        match durable.await {
-            Ok(()) => {
-                metrics::histogram!("rin_ack_latency_seconds", "intake" => "http")
-                    .record(started.elapsed().as_secs_f64());
-                Ok(())
-            }
-            Err(StoreError::Stopped) => Err(Self::unavailable(
-                "the buffer stopped before the events were durable; retry",
-            )),
-            Err(e) => Err(Reject::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "not_stored",
-                format!("events not stored: {e}"),
-            )),
-        }
+            .await?;
+        durable.await?;
+        metrics::histogram!("rin_ack_latency_seconds", "intake" => "http")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     fn too_large(&self) -> Reject {
