@@ -5,6 +5,7 @@
 //! the pieces both protocols use. It must never tell a client "stored" (ack, 2xx) before the
 //! buffer made the events durable.
 
+mod accept;
 pub mod decompress;
 pub mod forward;
 pub mod http;
@@ -14,4 +15,4 @@ pub mod route;
 pub mod tls;
 pub mod transcode;
 
-pub use ingest::{Ingest, IngestError, Intake, Route, TargetFormat};
+pub use ingest::{InboundCounters, Ingest, IngestError, Intake, Route, TargetFormat};

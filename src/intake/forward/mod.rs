@@ -2,6 +2,12 @@
 //! fluent-bit, Vector and the fluent-logger libraries. Owns framing, acks and per-connection
 //! limits; it must never ack a frame before the buffer says its events are durable, and a bad
 //! frame must cost only its own connection.
+//!
+//! Calls go one way, downward: the shared accept loop (`intake::accept`) hands each connection
+//! to `connection.rs`, whose steps read whole frames (`framing.rs`, with `json.rs` for JSON
+//! clients), ingest each (`ingest.rs`: `frame.rs` parses and transcodes, then the neutral
+//! `intake::Ingest` routes, dedupes and submits) and answer owed acks (`acks.rs`).
+//! `handshake.rs` is the shared-key handshake, `config.rs` the `forward:` settings.
 
 mod acks;
 mod config;
@@ -18,13 +24,16 @@ pub use config::ForwardConfig;
 
 use crate::common::shutdown::Shutdown;
 use crate::intake::Ingest;
+use crate::intake::accept::{self, AcceptPolicy, AtCapacity, Drain, Handler, TlsFailure};
 use crate::intake::tls::ReloadableAcceptor;
+use config::SecurityConfig;
 use connection::Connection;
 use handshake::Security;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 pub struct ForwardServer {
@@ -32,7 +41,7 @@ pub struct ForwardServer {
     udp: Option<UdpSocket>,
     tls: Option<ReloadableAcceptor>,
     shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 /// What every connection of the server uses.
@@ -69,20 +78,7 @@ impl ForwardServer {
             }
             None => None,
         };
-        let security = config.security.as_ref().map(|sec| {
-            let hostname = if sec.self_hostname.is_empty() {
-                gethostname::gethostname().to_string_lossy().to_string()
-            } else {
-                sec.self_hostname.clone()
-            };
-            let users = sec
-                .users
-                .iter()
-                .map(|u| (u.username.clone(), u.password.expose().to_string()))
-                .collect();
-            let users = if sec.user_auth { users } else { Vec::new() };
-            Security::new(hostname, sec.shared_key.expose(), users)
-        });
+        let security = config.security.as_ref().map(shared_key_handshake);
         info!(
             %addr,
             tls = tls.is_some(),
@@ -102,81 +98,80 @@ impl ForwardServer {
                 idle_timeout: config.idle_timeout.0,
                 handshake_timeout: config.handshake_timeout.0,
             }),
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
         })
     }
 
     /// Accepts connections until `stop` turns true, then waits for open connections to flush
     /// their acks and close.
-    pub async fn run(self, mut stop: Shutdown) {
+    pub async fn run(self, stop: Shutdown) {
         if let Some(udp) = self.udp {
             tokio::spawn(answer_heartbeats(udp, stop.clone()));
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut last_refusal_log: Option<Instant> = None;
-        loop {
-            let accepted = tokio::select! {
-                a = self.listener.accept() => a,
-                _ = stop.wait() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                // Over the limit: this connection only is closed; the client retries later.
-                metrics::counter!("rin_forward_connections_refused_total", "reason" => "max_connections")
-                    .increment(1);
-                if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    warn!(%peer, "forward.max_connections reached: refusing new connections");
-                    last_refusal_log = Some(Instant::now());
-                }
-                drop(stream);
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            metrics::counter!("rin_forward_connections_total").increment(1);
-            let conn = Connection {
-                shared: self.shared.clone(),
-                peer: peer.to_string(),
-            };
-            let stop = stop.clone();
-            let tls = self.tls.as_ref().map(|t| t.acceptor());
-            tasks.spawn(async move {
-                match tls {
-                    None => conn.serve(stream, stop).await,
-                    Some(acceptor) => {
-                        let timeout = conn.shared.handshake_timeout;
-                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls_stream)) => conn.serve(tls_stream, stop).await,
-                            // A connect-and-close (a port probe) is not worth a warning.
-                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                                debug!(peer = %conn.peer, "closed before the TLS handshake: {e}");
-                            }
-                            Ok(Err(e)) => {
-                                metrics::counter!("rin_forward_handshake_failures_total", "reason" => "tls")
-                                    .increment(1);
-                                warn!(peer = %conn.peer, "TLS handshake failed: {e}");
-                            }
-                            Err(_) => {
-                                metrics::counter!("rin_forward_handshake_failures_total", "reason" => "timeout")
-                                    .increment(1);
-                                warn!(peer = %conn.peer, "TLS handshake not finished within {timeout:?}");
-                            }
-                        }
-                    }
-                }
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        drop(self.listener);
-        while tasks.join_next().await.is_some() {}
+        let policy = AcceptPolicy {
+            name: "forward",
+            connections_metric: "rin_forward_connections_total",
+            max_connections: self.max_connections,
+            // Over the limit: this connection only is closed; the client retries later.
+            at_capacity: AtCapacity::Refuse {
+                metric: "rin_forward_connections_refused_total",
+                warning: "forward.max_connections reached: refusing new connections",
+            },
+            tls_timeout: self.shared.handshake_timeout,
+            // Each connection bounds its own drain (DRAIN_MAX in connection.rs).
+            drain: Drain::UntilClosed,
+        };
+        accept::accept_until_stopped(self.listener, self.tls, policy, self.shared, stop).await;
     }
+}
+
+impl Handler for Shared {
+    async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr, stop: Shutdown)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = Connection {
+            shared: self,
+            peer: peer.to_string(),
+        };
+        conn.serve(stream, stop).await
+    }
+
+    fn tls_failed(&self, peer: SocketAddr, failure: TlsFailure) {
+        match failure {
+            // A connect-and-close (a port probe) is not worth a warning.
+            TlsFailure::Closed(e) => debug!(%peer, "closed before the TLS handshake: {e}"),
+            TlsFailure::Failed(e) => {
+                metrics::counter!("rin_forward_handshake_failures_total", "reason" => "tls")
+                    .increment(1);
+                warn!(%peer, "TLS handshake failed: {e}");
+            }
+            TlsFailure::TimedOut(timeout) => {
+                metrics::counter!("rin_forward_handshake_failures_total", "reason" => "timeout")
+                    .increment(1);
+                warn!(%peer, "TLS handshake not finished within {timeout:?}");
+            }
+        }
+    }
+}
+
+/// fluentd's `<security>`: the hostname sent in PONG, the shared key, and the users when
+/// `user_auth` asks for them.
+fn shared_key_handshake(sec: &SecurityConfig) -> Security {
+    let hostname = if sec.self_hostname.is_empty() {
+        gethostname::gethostname().to_string_lossy().to_string()
+    } else {
+        sec.self_hostname.clone()
+    };
+    let users = if sec.user_auth {
+        sec.users
+            .iter()
+            .map(|u| (u.username.clone(), u.password.expose().to_string()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Security::new(hostname, sec.shared_key.expose(), users)
 }
 
 /// fluentd's out_forward can check a server with a UDP `0x00` datagram; the answer is `0x00`.
