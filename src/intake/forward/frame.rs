@@ -9,6 +9,9 @@
 //! - Time may also be fluent-bit's `[time, {metadata}]`; negative times are fluent-bit group
 //!   markers and carry no event.
 //! - Unknown option keys are ignored; `chunk` asks for an ack echoing its bytes exactly.
+//!
+//! Pure functions over one frame's bytes (no I/O). A frame is transcoded whole or refused
+//! whole: on error the caller drops what was written, so no part of a bad frame is stored.
 
 use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
 use crate::intake::msgpack::{DecodeError, EventTime, Reader, type_name};
