@@ -210,3 +210,125 @@ async fn drain(mut tasks: JoinSet<()>, policy: &AcceptPolicy) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::shutdown::{self, Trigger};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::task::JoinHandle;
+
+    /// Echoes bytes back until the client closes; ignores shutdown, as a busy client would.
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn serve<S>(self: Arc<Self>, mut stream: S, _peer: SocketAddr, _stop: Shutdown)
+        where
+            S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            let mut byte = [0u8; 1];
+            while let Ok(1) = stream.read(&mut byte).await {
+                if stream.write_all(&byte).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        fn tls_failed(&self, _peer: SocketAddr, _failure: TlsFailure) {}
+    }
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    async fn start(at_capacity: AtCapacity, drain: Drain) -> (SocketAddr, Trigger, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let policy = AcceptPolicy {
+            name: "test",
+            connections_metric: "test_connections_total",
+            max_connections: 1,
+            at_capacity,
+            tls_timeout: LONG,
+            drain,
+        };
+        let (trigger, stop) = shutdown::channel();
+        let task = tokio::spawn(accept_until_stopped(
+            listener,
+            None,
+            policy,
+            Arc::new(Echo),
+            stop,
+        ));
+        (addr, trigger, task)
+    }
+
+    /// Sends a byte; `true` when it comes back (served), `false` when the connection is closed.
+    async fn echoes(stream: &mut TcpStream, wait: Duration) -> Option<bool> {
+        let _ = stream.write_all(b"x").await;
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => Some(true),
+            Ok(_) => Some(false),
+            Err(_) => None,
+        }
+    }
+
+    const REFUSE: AtCapacity = AtCapacity::Refuse {
+        metric: "test_refused_total",
+        warning: "test limit reached",
+    };
+
+    #[tokio::test]
+    async fn over_the_limit_refuse_closes_the_new_connection_at_once() {
+        let (addr, trigger, task) = start(REFUSE, Drain::UntilClosed).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echoes(&mut first, LONG).await, Some(true));
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echoes(&mut second, LONG).await, Some(false));
+        drop(first);
+        // Once the first connection ends, its place is free again.
+        let mut served = false;
+        for _ in 0..100 {
+            let mut next = TcpStream::connect(addr).await.unwrap();
+            if echoes(&mut next, LONG).await == Some(true) {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            served,
+            "a connection was refused after the first one closed"
+        );
+        trigger.trigger();
+        tokio::time::timeout(LONG, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_wait_serves_the_new_connection_once_one_closes() {
+        let (addr, trigger, task) = start(AtCapacity::Wait, Drain::UntilClosed).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echoes(&mut first, LONG).await, Some(true));
+        // Waits in the listen backlog: neither served nor closed.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echoes(&mut second, Duration::from_millis(300)).await, None);
+        drop(first);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(LONG, second.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(1))), "{read:?}");
+        drop(second);
+        trigger.trigger();
+        tokio::time::timeout(LONG, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bounded_drain_ends_with_connections_still_open() {
+        let drain = Drain::AtMost(Duration::from_millis(100));
+        let (addr, trigger, task) = start(AtCapacity::Wait, drain).await;
+        let mut open = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echoes(&mut open, LONG).await, Some(true));
+        trigger.trigger();
+        tokio::time::timeout(LONG, task).await.unwrap().unwrap();
+        // The connection's task was dropped with the loop: the client sees it closed.
+        assert_eq!(echoes(&mut open, LONG).await, Some(false));
+    }
+}

@@ -128,3 +128,75 @@ impl FrameReader {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::forward::frame;
+
+    fn msgpack(v: &rmpv::Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, v).unwrap();
+        out
+    }
+
+    fn tag_of(bytes: &[u8]) -> String {
+        frame::parse(bytes).unwrap().unwrap().tag.to_string()
+    }
+
+    #[test]
+    fn msgpack_frames_come_out_whole_and_a_partial_one_stays() {
+        use rmpv::Value;
+        let a = msgpack(&Value::Array(vec![
+            "a".into(),
+            1.into(),
+            Value::Map(vec![]),
+        ]));
+        let b = msgpack(&Value::Array(vec![
+            "b".into(),
+            2.into(),
+            Value::Map(vec![]),
+        ]));
+        let mut buf = [a.clone(), b.clone()].concat();
+        buf.extend_from_slice(&a[..3]);
+        let mut frames = FrameReader::new(buf, 0, 1 << 20);
+        assert_eq!(tag_of(&frames.next_frame().unwrap().unwrap()), "a");
+        assert_eq!(tag_of(&frames.next_frame().unwrap().unwrap()), "b");
+        assert!(frames.next_frame().unwrap().is_none());
+        assert!(!frames.is_json());
+        assert_eq!(frames.unread(), 3);
+        frames.compact();
+        assert_eq!(frames.unread(), 3);
+    }
+
+    #[test]
+    fn a_connection_that_starts_with_a_bracket_is_json_framed() {
+        let buf = br#"["app.json", 1700000000, {"a": 1}] ["app.two", 1, {}]"#.to_vec();
+        let mut frames = FrameReader::new(buf, 0, 1 << 20);
+        assert_eq!(tag_of(&frames.next_frame().unwrap().unwrap()), "app.json");
+        assert!(frames.is_json());
+        assert_eq!(tag_of(&frames.next_frame().unwrap().unwrap()), "app.two");
+        assert!(frames.next_frame().unwrap().is_none());
+        frames.compact();
+        assert_eq!(frames.unread(), 0);
+    }
+
+    #[test]
+    fn bytes_after_a_handshake_are_framed_from_start() {
+        let frame = msgpack(&rmpv::Value::Array(vec![
+            "t".into(),
+            1.into(),
+            rmpv::Value::Map(vec![]),
+        ]));
+        let buf = [b"PING-bytes".to_vec(), frame].concat();
+        let mut frames = FrameReader::new(buf, 10, 1 << 20);
+        assert_eq!(tag_of(&frames.next_frame().unwrap().unwrap()), "t");
+    }
+
+    #[test]
+    fn garbage_is_a_malformed_frame() {
+        let mut frames = FrameReader::new(vec![0xc1, 0, 0], 0, 1 << 20);
+        let err = frames.next_frame().unwrap_err();
+        assert_eq!(err.reason, "malformed");
+    }
+}

@@ -452,3 +452,57 @@ fn now() -> EventTime {
         nanos: d.subsec_nanos(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(r: Reject) -> (u16, &'static str, String) {
+        (r.status.as_u16(), r.reason, r.detail)
+    }
+
+    #[test]
+    fn refusals_from_below_keep_their_status_and_text() {
+        assert_eq!(
+            answer(IngestError::Unavailable(StoreError::ShuttingDown).into()),
+            (503, "unavailable", "buffer is shutting down".into())
+        );
+        assert_eq!(
+            answer(StoreError::Stopped.into()),
+            (
+                503,
+                "unavailable",
+                "the buffer stopped before the events were durable; retry".into()
+            )
+        );
+        assert_eq!(
+            answer(StoreError::NotDurable.into()),
+            (
+                500,
+                "not_stored",
+                "events not stored: could not make the events durable".into()
+            )
+        );
+        let io = StoreError::Io {
+            doing: "cannot write chunk 7".into(),
+            error: std::io::Error::other("disk full"),
+        };
+        assert_eq!(
+            answer(io.into()),
+            (
+                500,
+                "not_stored",
+                "events not stored: cannot write chunk 7: disk full".into()
+            )
+        );
+        let no_route = IngestError::NoRoute { tag: "a.b".into() };
+        assert_eq!(
+            answer(no_route.into()),
+            (
+                500,
+                "no_route",
+                "tag `a.b` matches no target and no fallback is configured".into()
+            )
+        );
+    }
+}
