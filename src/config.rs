@@ -2,9 +2,11 @@
 //! whole pipeline on local folders. Owns loading, `${VAR}` expansion and validation; it must
 //! never let an invalid config reach the pipeline, and never echo a secret in an error.
 
-use crate::common::secret::Secret;
-use crate::common::units::{ByteSize, Span};
-use crate::route::TagPattern;
+use crate::buffer::BufferConfig;
+use crate::common::units::Span;
+use crate::intake::forward::ForwardConfig;
+use crate::intake::route::TagPattern;
+use crate::intake::transcode::TimeFormat;
 pub use crate::ship::ShipConfig;
 use crate::ship::key::KeyTemplate;
 pub use crate::store::config::{NotifyConfig, StoreConfig};
@@ -44,89 +46,6 @@ pub struct Config {
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub struct ForwardConfig {
-    pub enabled: bool,
-    pub bind: SocketAddr,
-    /// Largest msgpack frame accepted on a connection.
-    pub max_frame_bytes: ByteSize,
-    /// Largest decompressed payload of one CompressedPackedForward frame (bomb guard).
-    pub max_decompressed_bytes: ByteSize,
-    pub max_connections: usize,
-    /// A connection that sends nothing for this long is closed.
-    pub idle_timeout: Span,
-    /// Time a client has to finish the TLS and shared-key handshakes.
-    pub handshake_timeout: Span,
-    /// Most events one frame may carry.
-    pub max_entries: usize,
-    /// Answer fluentd's UDP heartbeat (a `0x00` datagram) on the same port.
-    pub udp_heartbeat: bool,
-    /// Shared-key handshake (fluentd's `<security>`); absent: no handshake.
-    pub security: Option<SecurityConfig>,
-    /// TLS on the forward port (certificate reloaded on SIGHUP); absent: plain TCP.
-    pub tls: Option<crate::tls::TlsConfig>,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct SecurityConfig {
-    /// Hostname sent in PONG; it must differ from the client's own (fluentd checks).
-    /// Empty: this machine's hostname.
-    #[serde(default)]
-    pub self_hostname: String,
-    pub shared_key: Secret,
-    /// Require a username and password from `users` as well.
-    #[serde(default)]
-    pub user_auth: bool,
-    #[serde(default)]
-    pub users: Vec<UserConfig>,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub username: String,
-    pub password: Secret,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct BufferConfig {
-    /// Where chunks live. Empty: `<data_dir>/buffer`.
-    pub dir: PathBuf,
-    /// Open chunks (compressor threads) per target. 0: one per CPU core.
-    pub shards: usize,
-    /// Seal a chunk once it holds this many uncompressed NDJSON bytes.
-    pub seal_bytes: ByteSize,
-    /// Seal a chunk this long after its first event, however small.
-    pub seal_age: Span,
-    /// Disk quota for the buffer; at the quota intake stops reading and acking.
-    pub quota: ByteSize,
-    /// gzip level 1..=9 (6 is gzip's default).
-    pub compression_level: u32,
-    /// fsync before acking. Turning this off trades the ack guarantee for speed.
-    pub fsync: bool,
-    /// How long a forward `chunk` id is remembered, so a client's resend of a chunk whose ack
-    /// it missed is acked again instead of stored twice.
-    pub dedupe_window: Span,
-    /// Open chunks one writer thread keeps (one per tag when the key uses `{tag}`; each holds
-    /// a compressor, about 300 KB). At the cap the oldest open chunk is sealed early, so many
-    /// distinct tags cost more, smaller objects instead of unbounded memory.
-    pub max_open_chunks: usize,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeFormat {
-    /// `2024-05-01T12:34:56.789012Z`, with `time_precision` fractional digits.
-    Rfc3339,
-    /// Seconds since the epoch, with `time_precision` fractional digits.
-    EpochSeconds,
-    /// Whole milliseconds since the epoch.
-    EpochMillis,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields, default)]
 pub struct TargetConfig {
     pub name: String,
     /// fluentd-style tag patterns: `app.**`, `*.access`, `{a,b}.log`.
@@ -159,40 +78,6 @@ impl Default for Config {
             fallback: String::new(),
             metrics: MetricsConfig::default(),
             embedded_load: None,
-        }
-    }
-}
-
-impl Default for ForwardConfig {
-    fn default() -> Self {
-        ForwardConfig {
-            enabled: true,
-            bind: "127.0.0.1:24224".parse().unwrap(),
-            max_frame_bytes: ByteSize(64 << 20),
-            max_decompressed_bytes: ByteSize(256 << 20),
-            max_connections: 1024,
-            idle_timeout: Span(Duration::from_secs(600)),
-            handshake_timeout: Span(Duration::from_secs(10)),
-            max_entries: 1_000_000,
-            udp_heartbeat: true,
-            security: None,
-            tls: None,
-        }
-    }
-}
-
-impl Default for BufferConfig {
-    fn default() -> Self {
-        BufferConfig {
-            dir: PathBuf::new(),
-            shards: 0,
-            seal_bytes: ByteSize(64 << 20),
-            seal_age: Span(Duration::from_secs(60)),
-            quota: ByteSize(2 << 30),
-            compression_level: 6,
-            fsync: true,
-            dedupe_window: Span(Duration::from_secs(600)),
-            max_open_chunks: 32,
         }
     }
 }
@@ -328,14 +213,7 @@ impl Config {
     }
 
     pub(crate) fn fill_defaults(&mut self) {
-        if self.buffer.dir.as_os_str().is_empty() {
-            self.buffer.dir = self.data_dir.join("buffer");
-        }
-        if self.buffer.shards == 0 {
-            self.buffer.shards = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-        }
+        self.buffer.fill_defaults(&self.data_dir);
         self.stores
             .entry("local".into())
             .or_insert_with(|| StoreConfig::Local {
@@ -397,27 +275,9 @@ impl Config {
         if !self.fallback.is_empty() && !names.contains(self.fallback.as_str()) {
             bail!("field `fallback`: no target named `{}`", self.fallback);
         }
-        if let Some(sec) = &self.forward.security {
-            if sec.shared_key.expose().is_empty() {
-                bail!("field `forward.security.shared_key`: must not be empty");
-            }
-            if sec.user_auth && sec.users.is_empty() {
-                bail!("field `forward.security.users`: user_auth needs at least one user");
-            }
-        }
-        if self.forward.max_entries == 0 {
-            bail!("field `forward.max_entries`: at least 1");
-        }
+        self.forward.validate()?;
         self.http.validate()?;
-        if !(1..=9).contains(&self.buffer.compression_level) {
-            bail!("field `buffer.compression_level`: must be 1..=9");
-        }
-        if self.buffer.shards > 256 {
-            bail!("field `buffer.shards`: at most 256");
-        }
-        if self.buffer.seal_bytes.0 < 1024 {
-            bail!("field `buffer.seal_bytes`: at least 1KiB");
-        }
+        self.buffer.validate()?;
         if self.ship.concurrency == 0 {
             bail!("field `ship.concurrency`: at least 1");
         }

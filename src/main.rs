@@ -10,23 +10,20 @@
 //! - [`ops`]: commands on top (`backfill`, `maintain`, `query`).
 //!
 //! Around them: [`config`] (serve's YAML), [`common`] (units, secrets, shutdown, retry, AWS),
-//! [`telemetry`] (logs, metrics), [`pipeline`] (serve's wiring and shutdown).
+//! [`telemetry`] (logs, metrics), [`pipeline`] (serve's wiring and shutdown). The hot path
+//! (`intake::msgpack`, `intake::transcode`) and routing (`intake::route`) live with the intake.
 
 mod buffer;
 mod common;
 mod config;
 mod intake;
 mod load;
-mod msgpack;
 mod ops;
 mod pipeline;
 mod queue;
-mod route;
 mod ship;
 mod store;
 mod telemetry;
-mod tls;
-mod transcode;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

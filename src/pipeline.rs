@@ -4,17 +4,17 @@
 //! queued within the same deadline, exit. What is not uploaded stays on disk, and what is not
 //! loaded stays queued, for the next start.
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, BufferTarget};
 use crate::common::shutdown;
 use crate::config::Config;
 use crate::intake::forward::ForwardServer;
+use crate::intake::route::Router;
+use crate::intake::transcode::LineFormat;
 use crate::intake::{Ingest, TargetFormat};
 use crate::load::embedded::Embedded;
 use crate::queue::local::LocalQueue;
-use crate::route::Router;
 use crate::ship::key::KeyTemplate;
 use crate::ship::{Shipper, TargetSpec};
-use crate::transcode::LineFormat;
 use anyhow::{Context, Result};
 use std::io::Read;
 use std::path::Path;
@@ -45,7 +45,16 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let embedded = start_embedded(&config, local_queue.as_ref()).await?;
     let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
-    let buffer = Arc::new(Buffer::open(&config, &partition_by_tag, sealed_tx)?);
+    let buffer_targets: Vec<BufferTarget> = config
+        .targets
+        .iter()
+        .zip(&partition_by_tag)
+        .map(|(t, by_tag)| BufferTarget {
+            name: t.name.clone(),
+            partition_by_tag: *by_tag,
+        })
+        .collect();
+    let buffer = Arc::new(Buffer::open(&config.buffer, &buffer_targets, sealed_tx)?);
     let ship_targets: Vec<TargetSpec> = config
         .targets
         .iter()
@@ -112,15 +121,7 @@ pub async fn serve(config: Config) -> Result<()> {
             partition_by_tag: *by_tag,
         })
         .collect();
-    let ingest = Arc::new(Ingest::new(
-        buffer.clone(),
-        router,
-        formats,
-        crate::intake::forward::frame::Limits {
-            max_decompressed: config.forward.max_decompressed_bytes.0 as usize,
-            max_entries: config.forward.max_entries,
-        },
-    ));
+    let ingest = Arc::new(Ingest::new(buffer.clone(), router, formats));
 
     let (stop, stopping) = shutdown::channel();
     // Bound before forward, so a client that sees the forward port open finds HTTP open too.

@@ -9,7 +9,7 @@
 //! a recovered chunk ends where its last ack was given: nothing acked is lost, and nothing that
 //! was not acked survives to be stored twice when the client resends it.
 
-use crate::msgpack::EventTime;
+use crate::intake::msgpack::EventTime;
 use base64::Engine;
 use flate2::{Compress, Compression, FlushCompress};
 use serde::{Deserialize, Serialize};
@@ -366,27 +366,11 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
             )));
         }
     };
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let mut ids = Vec::new();
-    let mut sealed_size = None;
-    // The newest commit whose bytes are really on disk.
-    let mut last = None;
-    for r in &records {
-        match r {
-            Record::Commit {
-                offset,
-                ids: commit_ids,
-                ..
-            } => {
-                ids.extend(commit_ids.iter().filter_map(|id| engine.decode(id).ok()));
-                if *offset <= data_len {
-                    last = Some(r.clone());
-                }
-            }
-            Record::Sealed { size } => sealed_size = Some(*size),
-            Record::Open { .. } => {}
-        }
-    }
+    let JournalScan {
+        ids,
+        sealed_size,
+        last,
+    } = scan_journal(&records, data_len);
     let Some(Record::Commit {
         offset,
         bytes,
@@ -416,18 +400,7 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
     let mut truncated = 0;
     if sealed_size != Some(size) || data_len != size {
         truncated = data_len.saturating_sub(offset);
-        let mut data = OpenOptions::new().write(true).open(&data_p)?;
-        data.set_len(offset)?;
-        let mut tail = Vec::with_capacity(10);
-        tail.extend_from_slice(&FINAL_BLOCK);
-        tail.extend_from_slice(&crc.to_le_bytes());
-        tail.extend_from_slice(&(bytes as u32).to_le_bytes());
-        std::io::Seek::seek(&mut data, io::SeekFrom::Start(offset))?;
-        data.write_all(&tail)?;
-        data.sync_data()?;
-        let mut journal = OpenOptions::new().append(true).open(&journal_p)?;
-        write_record(&mut journal, &Record::Sealed { size })?;
-        journal.sync_data()?;
+        close_member_at(&data_p, &journal_p, offset, crc, bytes, size)?;
     }
     Ok(Recovered {
         chunk: Some(SealedChunk {
@@ -446,6 +419,67 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
         ids,
         truncated,
     })
+}
+
+/// What a chunk's journal says, read against the data file's length.
+struct JournalScan {
+    /// Chunk ids of every commit, for resend dedupe.
+    ids: Vec<Vec<u8>>,
+    /// The size a `Sealed` record gives, if the chunk was sealed.
+    sealed_size: Option<u64>,
+    /// The newest commit whose bytes are really on disk.
+    last: Option<Record>,
+}
+
+fn scan_journal(records: &[Record], data_len: u64) -> JournalScan {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let mut scan = JournalScan {
+        ids: Vec::new(),
+        sealed_size: None,
+        last: None,
+    };
+    for r in records {
+        match r {
+            Record::Commit {
+                offset,
+                ids: commit_ids,
+                ..
+            } => {
+                scan.ids
+                    .extend(commit_ids.iter().filter_map(|id| engine.decode(id).ok()));
+                if *offset <= data_len {
+                    scan.last = Some(r.clone());
+                }
+            }
+            Record::Sealed { size } => scan.sealed_size = Some(*size),
+            Record::Open { .. } => {}
+        }
+    }
+    scan
+}
+
+/// Cuts the data file at a commit's `offset`, closes the gzip member there (final block and
+/// trailer from the commit's CRC and length) and records the seal in the journal.
+fn close_member_at(
+    data_p: &Path,
+    journal_p: &Path,
+    offset: u64,
+    crc: u32,
+    bytes: u64,
+    size: u64,
+) -> io::Result<()> {
+    let mut data = OpenOptions::new().write(true).open(data_p)?;
+    data.set_len(offset)?;
+    let mut tail = Vec::with_capacity(10);
+    tail.extend_from_slice(&FINAL_BLOCK);
+    tail.extend_from_slice(&crc.to_le_bytes());
+    tail.extend_from_slice(&(bytes as u32).to_le_bytes());
+    std::io::Seek::seek(&mut data, io::SeekFrom::Start(offset))?;
+    data.write_all(&tail)?;
+    data.sync_data()?;
+    let mut journal = OpenOptions::new().append(true).open(journal_p)?;
+    write_record(&mut journal, &Record::Sealed { size })?;
+    journal.sync_data()
 }
 
 pub fn remove_both(data: &Path, journal: &Path) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! Decompression of client payloads, shared by the forward and HTTP intakes. Every codec is
 //! read through a cap: more than `cap` decompressed bytes is refused before they are all
-//! produced, so a small bomb cannot exhaust memory.
+//! produced, so a small bomb cannot exhaust memory. It must never hand back more than `cap`
+//! bytes, whatever the codec.
 
 use std::io::Read;
 

@@ -9,10 +9,13 @@
 //! - Time may also be fluent-bit's `[time, {metadata}]`; negative times are fluent-bit group
 //!   markers and carry no event.
 //! - Unknown option keys are ignored; `chunk` asks for an ack echoing its bytes exactly.
+//!
+//! Pure functions over one frame's bytes (no I/O). A frame is transcoded whole or refused
+//! whole: on error the caller drops what was written, so no part of a bad frame is stored.
 
 use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
-use crate::msgpack::{DecodeError, EventTime, Reader, type_name};
-use crate::transcode::{LineFormat, TimeRenderer};
+use crate::intake::msgpack::{DecodeError, EventTime, Reader, type_name};
+use crate::intake::transcode::{LineFormat, TimeRenderer};
 use std::borrow::Cow;
 
 /// Why a frame was refused; `reason` is the metric label.
@@ -364,7 +367,7 @@ pub fn ack_message(chunk: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TimeFormat;
+    use crate::intake::transcode::TimeFormat;
     use rmpv::Value;
 
     fn enc(v: &Value) -> Vec<u8> {

@@ -7,9 +7,9 @@
 //! it for a longer bounded run in CI.
 
 use super::frame::{self, Limits};
-use crate::config::TimeFormat;
-use crate::msgpack::FrameScanner;
-use crate::transcode::LineFormat;
+use crate::intake::msgpack::FrameScanner;
+use crate::intake::transcode::LineFormat;
+use crate::intake::transcode::TimeFormat;
 use proptest::prelude::*;
 use rmpv::Value;
 

@@ -12,7 +12,7 @@
 //! fluent-bit as str holding random bytes that are not UTF-8. Secrets never leave this module
 //! in a log line or a reason string.
 
-use crate::msgpack::Reader;
+use crate::intake::msgpack::Reader;
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 

@@ -5,7 +5,8 @@
 //! same path as any other frame: the mode table, limits and dedupe live in one place.
 //!
 //! Frame boundaries are found with a resumable bracket scanner, so a large frame arriving in
-//! many reads is scanned once, not re-parsed on every read.
+//! many reads is scanned once, not re-parsed on every read. A JSON frame must never take a
+//! path of its own past this module.
 
 use serde_json::Value;
 

@@ -15,8 +15,8 @@
 //! pairs and the raw value text is copied (re-compacted only when it spans lines).
 
 use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
-use crate::msgpack::{DecodeError, EventTime, FrameScanner, Reader, type_name};
-use crate::transcode::{LineFormat, TimeRenderer, write_str};
+use crate::intake::msgpack::{DecodeError, EventTime, FrameScanner, Reader, type_name};
+use crate::intake::transcode::{LineFormat, TimeRenderer, write_str};
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -136,32 +136,21 @@ pub fn body_kind(content_type: Option<&str>) -> Result<BodyKind> {
 }
 
 /// Decodes an `application/x-www-form-urlencoded` body or query into raw byte pairs (values
-/// may be binary msgpack, so no UTF-8 conversion happens here).
+/// may be binary msgpack, so no UTF-8 conversion happens here, which is why this is not
+/// `form_urlencoded::parse`: that one decodes to lossy UTF-8).
 pub fn form_pairs(text: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    // `+` is a space in a form (a `%2B` is a `+`); a `%` without two hex digits stays as is.
     fn decode(s: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(s.len());
-        let mut i = 0;
-        while i < s.len() {
-            match s[i] {
-                b'+' => out.push(b' '),
-                b'%' => {
-                    let hex = |c: u8| (c as char).to_digit(16);
-                    match (
-                        s.get(i + 1).and_then(|c| hex(*c)),
-                        s.get(i + 2).and_then(|c| hex(*c)),
-                    ) {
-                        (Some(h), Some(l)) => {
-                            out.push((h * 16 + l) as u8);
-                            i += 2;
-                        }
-                        _ => out.push(b'%'),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        out
+        let spaced: Cow<[u8]> = if s.contains(&b'+') {
+            Cow::Owned(
+                s.iter()
+                    .map(|&b| if b == b'+' { b' ' } else { b })
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(s)
+        };
+        percent_encoding::percent_decode(&spaced).collect()
     }
     text.split(|b| *b == b'&')
         .filter(|p| !p.is_empty())
@@ -591,7 +580,7 @@ fn msgpack_record_time(r: &Reader, time_key: &str) -> Option<EventTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TimeFormat;
+    use crate::intake::transcode::TimeFormat;
 
     const T0: i64 = 1_714_566_896;
 

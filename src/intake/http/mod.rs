@@ -21,169 +21,45 @@
 //! drops data on most 4xx. 400 names the line or byte offset of a malformed body; 401 bad
 //! credentials; 413 too large; 415 unknown encoding; 500 a tag with no target (clients keep
 //! and retry it, as forward clients keep an unacked frame) or a failed write.
+//!
+//! The parts: the shared accept loop (`intake::accept`) hands each connection to hyper here;
+//! `handler.rs` takes a request through its steps, `request.rs` reads its head (tag,
+//! `Idempotency-Key`, parameters), `auth.rs` checks credentials, `body.rs` turns bodies into
+//! lines, `config.rs` is the `http:` settings.
 
+mod auth;
 pub mod body;
+mod config;
+mod handler;
+mod request;
 
-use crate::common::secret::Secret;
+pub use config::HttpConfig;
+
 use crate::common::shutdown::Shutdown;
-use crate::common::units::{ByteSize, Span};
-use crate::intake::{Ingest, Intake};
-use crate::msgpack::EventTime;
-use crate::tls::{ReloadableAcceptor, TlsConfig};
-use body::{BodyError, BodyKind, Lines, Shape};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use crate::intake::Ingest;
+use crate::intake::accept::{self, AcceptPolicy, AtCapacity, Drain, Handler, TlsFailure};
+use crate::intake::tls::ReloadableAcceptor;
+use handler::State;
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 /// How long open connections may finish their requests at shutdown.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 /// Bodies larger than this are decompressed and parsed off the async workers.
 const BLOCKING_BODY: usize = 256 << 10;
 
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    pub enabled: bool,
-    pub bind: SocketAddr,
-    /// Largest request body as sent (compressed or not); larger ones get 413.
-    pub max_body_bytes: ByteSize,
-    /// Largest body after decompression (bomb guard); larger ones get 413.
-    pub max_decompressed_bytes: ByteSize,
-    pub max_connections: usize,
-    /// A connection that sends no complete request headers for this long is closed.
-    pub idle_timeout: Span,
-    /// Header carrying the tag (fluent-bit `header_tag`); wins over the path. Empty: none.
-    pub tag_header: String,
-    /// Tag for requests to `/` without a tag header. Empty: such requests get 400.
-    pub default_tag: String,
-    /// Record field read as the event time (fluent-bit `json_date_key`: `date`). Empty: none.
-    pub time_key: String,
-    /// `Retry-After` sent with 503.
-    pub retry_after: Span,
-    pub auth: HttpAuth,
-    /// TLS on the HTTP port; absent: plain HTTP.
-    pub tls: Option<TlsConfig>,
-}
-
-/// Credentials a request must carry when any is set: a bearer token, basic auth, or either.
-#[derive(Debug, Deserialize, Clone, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpAuth {
-    pub bearer_token: Secret,
-    pub username: String,
-    pub password: Secret,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            enabled: true,
-            bind: "127.0.0.1:9880".parse().unwrap(),
-            max_body_bytes: ByteSize(64 << 20),
-            max_decompressed_bytes: ByteSize(256 << 20),
-            max_connections: 1024,
-            idle_timeout: Span(Duration::from_secs(60)),
-            tag_header: String::new(),
-            default_tag: String::new(),
-            time_key: "time".into(),
-            retry_after: Span(Duration::from_secs(5)),
-            auth: HttpAuth::default(),
-            tls: None,
-        }
-    }
-}
-
-impl HttpConfig {
-    /// Checks what serde cannot; errors name the field.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.max_connections == 0 {
-            anyhow::bail!("field `http.max_connections`: at least 1");
-        }
-        if self.max_body_bytes.0 == 0 || self.max_decompressed_bytes.0 == 0 {
-            anyhow::bail!("field `http.max_body_bytes`/`http.max_decompressed_bytes`: at least 1");
-        }
-        if !self.tag_header.is_empty()
-            && HeaderName::from_bytes(self.tag_header.as_bytes()).is_err()
-        {
-            anyhow::bail!(
-                "field `http.tag_header`: `{}` is not a valid header name",
-                self.tag_header
-            );
-        }
-        if self.auth.username.is_empty() != self.auth.password.expose().is_empty() {
-            anyhow::bail!("field `http.auth`: set both username and password, or neither");
-        }
-        if self.auth.username.contains(':') {
-            anyhow::bail!("field `http.auth.username`: must not contain `:`");
-        }
-        Ok(())
-    }
-}
-
 pub struct HttpServer {
     listener: TcpListener,
     state: Arc<State>,
     tls: Option<ReloadableAcceptor>,
-    connections: Arc<Semaphore>,
-    idle_timeout: Duration,
-}
-
-struct State {
-    ingest: Arc<Ingest>,
-    max_body: usize,
-    max_decompressed: usize,
-    tag_header: Option<HeaderName>,
-    default_tag: String,
-    time_key: String,
-    retry_after: HeaderValue,
-    /// SHA-256 of the bearer token and of `user:password`: compared in constant time, and
-    /// hashing first hides their lengths too.
-    bearer: Option<[u8; 32]>,
-    basic: Option<[u8; 32]>,
-    stop: Shutdown,
-}
-
-/// A request refused: status, metric label, message for the client.
-struct Reject {
-    status: StatusCode,
-    reason: &'static str,
-    detail: String,
-}
-
-impl Reject {
-    fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Reject {
-        Reject {
-            status,
-            reason,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl From<BodyError> for Reject {
-    fn from(e: BodyError) -> Reject {
-        Reject::new(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-            e.reason,
-            e.detail,
-        )
-    }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+    max_connections: usize,
 }
 
 impl HttpServer {
@@ -204,99 +80,63 @@ impl HttpServer {
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", config.bind))?;
-        let auth = &config.auth;
-        let state = State {
-            ingest,
-            max_body: config.max_body_bytes.0 as usize,
-            max_decompressed: config.max_decompressed_bytes.0 as usize,
-            tag_header: (!config.tag_header.is_empty())
-                .then(|| HeaderName::from_bytes(config.tag_header.as_bytes()).ok())
-                .flatten(),
-            default_tag: config.default_tag.clone(),
-            time_key: config.time_key.clone(),
-            retry_after: HeaderValue::from(config.retry_after.0.as_secs().max(1)),
-            bearer: (!auth.bearer_token.expose().is_empty())
-                .then(|| sha256(auth.bearer_token.expose().as_bytes())),
-            basic: (!auth.username.is_empty()).then(|| {
-                sha256(format!("{}:{}", auth.username, auth.password.expose()).as_bytes())
-            }),
-            stop,
-        };
+        let state = State::new(config, ingest, stop);
         info!(
             addr = %listener.local_addr()?,
             tls = tls.is_some(),
-            auth = state.bearer.is_some() || state.basic.is_some(),
+            auth = state.credentials.required(),
             "HTTP intake listening"
         );
         Ok(HttpServer {
             listener,
             state: Arc::new(state),
             tls,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-            idle_timeout: config.idle_timeout.0,
+            max_connections: config.max_connections,
         })
     }
 
     /// Accepts connections until the stop signal, then lets open connections finish the
     /// requests they carry (new requests get 503) for up to `DRAIN_MAX`.
     pub async fn run(self) {
-        let mut stop = self.state.stop.clone();
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            let permit = tokio::select! {
-                p = self.connections.clone().acquire_owned() => p.expect("semaphore closed"),
-                _ = stop.wait() => break,
-            };
-            let accepted = tokio::select! {
-                a = self.listener.accept() => a,
-                _ = stop.wait() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!("HTTP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            metrics::counter!("rin_http_connections_total").increment(1);
-            let state = self.state.clone();
-            let idle = self.idle_timeout;
-            let tls = self.tls.as_ref().map(|t| t.acceptor());
-            tasks.spawn(async move {
-                match tls {
-                    None => serve_connection(stream, peer, state, idle).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(idle, acceptor.accept(stream)).await {
-                            Ok(Ok(tls_stream)) => {
-                                serve_connection(tls_stream, peer, state, idle).await
-                            }
-                            Ok(Err(e)) => {
-                                metrics::counter!("rin_http_requests_rejected_total", "reason" => "tls")
-                                    .increment(1);
-                                debug!(%peer, "HTTP TLS handshake failed: {e}");
-                            }
-                            Err(_) => debug!(%peer, "HTTP TLS handshake timed out"),
-                        }
-                    }
-                }
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        drop(self.listener);
-        let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(DRAIN_MAX + Duration::from_secs(1), drain)
-            .await
-            .is_err()
-        {
-            warn!("HTTP connections still open after the drain; closing them");
+        let stop = self.state.stop().clone();
+        let policy = AcceptPolicy {
+            name: "HTTP",
+            connections_metric: "rin_http_connections_total",
+            max_connections: self.max_connections,
+            // At the limit new connections wait in the listen backlog.
+            at_capacity: AtCapacity::Wait,
+            tls_timeout: self.state.idle_timeout,
+            // Each connection gets DRAIN_MAX to finish its requests; one more second for
+            // them to close.
+            drain: Drain::AtMost(DRAIN_MAX + Duration::from_secs(1)),
+        };
+        accept::accept_until_stopped(self.listener, self.tls, policy, self.state, stop).await;
+    }
+}
+
+impl Handler for State {
+    async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr, stop: Shutdown)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_connection(stream, peer, self, stop).await
+    }
+
+    fn tls_failed(&self, peer: SocketAddr, failure: TlsFailure) {
+        match failure {
+            TlsFailure::Closed(e) | TlsFailure::Failed(e) => {
+                metrics::counter!("rin_http_requests_rejected_total", "reason" => "tls")
+                    .increment(1);
+                debug!(%peer, "HTTP TLS handshake failed: {e}");
+            }
+            TlsFailure::TimedOut(_) => debug!(%peer, "HTTP TLS handshake timed out"),
         }
     }
 }
 
-async fn serve_connection<I>(io: I, peer: SocketAddr, state: Arc<State>, idle: Duration)
+/// Serves one connection with hyper (HTTP/1.1, or HTTP/2 when the client asks) until it
+/// closes; at shutdown, finishes the requests in progress for up to `DRAIN_MAX`.
+async fn serve_connection<I>(io: I, peer: SocketAddr, state: Arc<State>, mut stop: Shutdown)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -304,9 +144,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(idle);
+        .header_read_timeout(state.idle_timeout);
     builder.http2().timer(TokioTimer::new());
-    let mut stop = state.stop.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer).await) }
@@ -325,414 +164,4 @@ where
     // Shutdown: finish the requests in progress, accept no more on this connection.
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(DRAIN_MAX, conn).await;
-}
-
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// The request's `Idempotency-Key` (IETF httpapi draft), namespaced apart from forward chunk
-/// ids. It is remembered with the stored events for `buffer.dedupe_window`, across restarts.
-fn idempotency_key(value: &Option<HeaderValue>) -> Result<Option<Vec<u8>>, Reject> {
-    let Some(v) = value else { return Ok(None) };
-    let bytes = v.as_bytes();
-    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
-        return Err(Reject::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_key",
-            "Idempotency-Key must be 1 to 255 visible ASCII characters",
-        ));
-    }
-    let mut key = b"http\0".to_vec();
-    key.extend_from_slice(bytes);
-    Ok(Some(key))
-}
-
-fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
-}
-
-impl State {
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Full<Bytes>> {
-        let result = self.clone().ingest(req).await;
-        let status = match &result {
-            Ok(_) => StatusCode::OK,
-            Err(r) => r.status,
-        };
-        metrics::counter!("rin_http_requests_total", "code" => status.as_str().to_string())
-            .increment(1);
-        let reject = match result {
-            Ok(()) => return text_response(StatusCode::OK, String::new()),
-            Err(r) => r,
-        };
-        metrics::counter!("rin_http_requests_rejected_total", "reason" => reject.reason)
-            .increment(1);
-        match reject.status {
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::UNAUTHORIZED => {
-                debug!(%peer, status = reject.status.as_u16(), "HTTP request refused: {}", reject.detail)
-            }
-            _ => {
-                warn!(%peer, status = reject.status.as_u16(), "HTTP request refused: {}", reject.detail)
-            }
-        }
-        let mut response = text_response(reject.status, format!("{}\n", reject.detail));
-        let headers = response.headers_mut();
-        match reject.status {
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
-                headers.insert(header::RETRY_AFTER, self.retry_after.clone());
-            }
-            StatusCode::UNAUTHORIZED => {
-                let challenge = if self.basic.is_some() {
-                    "Basic realm=\"rin-ship\""
-                } else {
-                    "Bearer realm=\"rin-ship\""
-                };
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
-                );
-            }
-            StatusCode::METHOD_NOT_ALLOWED => {
-                headers.insert(header::ALLOW, HeaderValue::from_static("POST, PUT"));
-            }
-            _ => {}
-        }
-        response
-    }
-
-    fn draining(&self) -> bool {
-        self.stop.is_triggered()
-    }
-
-    fn unavailable(detail: &str) -> Reject {
-        Reject::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
-    }
-
-    async fn ingest(self: Arc<Self>, req: Request<Incoming>) -> Result<(), Reject> {
-        if self.draining() {
-            return Err(Reject::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                "rin-ship is shutting down; retry",
-            ));
-        }
-        if req.method() != Method::POST && req.method() != Method::PUT {
-            return Err(Reject::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method",
-                format!("{} is not accepted: POST events to /<tag>", req.method()),
-            ));
-        }
-        self.authenticate(req.headers())?;
-        let tag = self.tag(&req)?;
-        let Some(route) = self.ingest.route(&tag) else {
-            metrics::counter!("rin_events_refused_total", "reason" => "no_route").increment(1);
-            return Err(Reject::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no_route",
-                format!("tag `{tag}` matches no target and no fallback is configured"),
-            ));
-        };
-        if self.ingest.buffer_full() {
-            return Err(Self::unavailable(
-                "the buffer is at its disk quota; retry later",
-            ));
-        }
-        let headers = req.headers();
-        let headers_copy = headers.get(IDEMPOTENCY_KEY).cloned();
-        let encoding = body::content_encoding(header_str(headers, header::CONTENT_ENCODING))?;
-        let mut kind = body::body_kind(header_str(headers, header::CONTENT_TYPE))?;
-        if let Some(len) =
-            header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
-            && len > self.max_body as u64
-        {
-            return Err(self.too_large());
-        }
-        let query = req
-            .uri()
-            .query()
-            .map(|q| body::form_pairs(q.as_bytes()))
-            .unwrap_or_default();
-        let bytes = match Limited::new(req.into_body(), self.max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(self.too_large()),
-            Err(e) => {
-                return Err(Reject::new(
-                    StatusCode::BAD_REQUEST,
-                    "read",
-                    format!("cannot read the request body: {e}"),
-                ));
-            }
-        };
-        let wire_bytes = bytes.len();
-        // fluentd in_http also takes `?json=` with an empty body.
-        let mut params = query;
-        let mut body_override = None;
-        if bytes.is_empty()
-            && let Some(i) = params
-                .iter()
-                .position(|(k, _)| k == b"json" || k == b"msgpack")
-        {
-            let (k, v) = params.remove(i);
-            kind = if k == b"json" {
-                BodyKind::Json
-            } else {
-                BodyKind::Msgpack
-            };
-            body_override = Some(Bytes::from(v));
-        }
-        let counters = self.ingest.inbound(Intake::Http, route.target);
-        counters.bytes.increment(wire_bytes as u64);
-        // A client that lost our 200 resends with the same key: answer 200 again, store nothing.
-        let claim = match idempotency_key(&headers_copy)? {
-            None => None,
-            Some(key) => match self.ingest.claim(&key).await {
-                Some(guard) => Some(guard),
-                None => {
-                    metrics::counter!("rin_http_resends_deduplicated_total").increment(1);
-                    return Ok(());
-                }
-            },
-        };
-        let state = self.clone();
-        let route_for_parse = route.clone();
-        let parse = move || {
-            let body = body_override.unwrap_or(bytes);
-            state.transcode(&route_for_parse, encoding, kind, &body, params)
-        };
-        let lines = if wire_bytes > BLOCKING_BODY {
-            tokio::task::spawn_blocking(parse).await.map_err(|e| {
-                Reject::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??
-        } else {
-            parse()?
-        };
-        let Some(first_time) = lines.first_time else {
-            if let Some(claim) = claim {
-                claim.finish(true);
-            }
-            return Ok(()); // nothing to store: true at once
-        };
-        counters.events.increment(lines.events);
-        let started = Instant::now();
-        let durable = self
-            .ingest
-            .submit_lines(&route, lines.lines, lines.events, first_time, claim)
-            .await
-            .map_err(|e| Self::unavailable(&e))?;
-        match durable.await {
-            Ok(Ok(())) => {
-                metrics::histogram!("rin_ack_latency_seconds", "intake" => "http")
-                    .record(started.elapsed().as_secs_f64());
-                Ok(())
-            }
-            Ok(Err(e)) => Err(Reject::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "not_stored",
-                format!("events not stored: {e}"),
-            )),
-            Err(_) => Err(Self::unavailable(
-                "the buffer stopped before the events were durable; retry",
-            )),
-        }
-    }
-
-    fn too_large(&self) -> Reject {
-        Reject::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "the request body is larger than {} bytes (http.max_body_bytes)",
-                self.max_body
-            ),
-        )
-    }
-
-    fn transcode(
-        &self,
-        route: &crate::intake::Route,
-        encoding: body::Encoding,
-        kind: BodyKind,
-        raw: &[u8],
-        mut params: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<Lines, Reject> {
-        let decoded = body::decompress(encoding, raw, self.max_decompressed)?;
-        // curl -d sends form content type by default: a body that is plainly JSON is JSON.
-        let looks_like_json = decoded
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|b| *b == b'{' || *b == b'[');
-        let kind = if kind == BodyKind::Form && looks_like_json {
-            BodyKind::Json
-        } else {
-            kind
-        };
-        let (kind, payload): (BodyKind, std::borrow::Cow<[u8]>) = if kind == BodyKind::Form {
-            params.extend(body::form_pairs(&decoded));
-            let Some(i) = params
-                .iter()
-                .position(|(k, _)| k == b"json" || k == b"msgpack")
-            else {
-                return Err(Reject::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed",
-                    "a form body needs a `json` or `msgpack` field",
-                ));
-            };
-            let (k, v) = params.remove(i);
-            let kind = if k == b"json" {
-                BodyKind::Json
-            } else {
-                BodyKind::Msgpack
-            };
-            (kind, std::borrow::Cow::Owned(v))
-        } else {
-            (kind, decoded)
-        };
-        let time_param = match params.iter().rev().find(|(k, _)| k == b"time") {
-            None => None,
-            Some((_, v)) => {
-                let text = String::from_utf8_lossy(v);
-                match body::parse_time_text(&text) {
-                    // fluentd: time=0 means "now".
-                    Some(t) if t.secs == 0 && t.nanos == 0 => None,
-                    Some(t) => Some(t),
-                    None => {
-                        return Err(Reject::new(
-                            StatusCode::BAD_REQUEST,
-                            "malformed",
-                            format!(
-                                "parameter `time={text}` is not epoch seconds or an RFC 3339 time"
-                            ),
-                        ));
-                    }
-                }
-            }
-        };
-        let target = self.ingest.target(route.target);
-        let shape = Shape {
-            format: &target.format,
-            tag_json: &route.tag_json,
-            time_key: &self.time_key,
-            time_param,
-            now: now(),
-        };
-        let mut lines = Lines::with_capacity(payload.len() + payload.len() / 8 + 256);
-        match kind {
-            BodyKind::Msgpack => body::msgpack_lines(&payload, &shape, &mut lines)?,
-            _ => body::json_lines(&payload, &shape, &mut lines)?,
-        }
-        Ok(lines)
-    }
-
-    fn authenticate(&self, headers: &HeaderMap) -> Result<(), Reject> {
-        if self.bearer.is_none() && self.basic.is_none() {
-            return Ok(());
-        }
-        let fail = |detail: &str| Reject::new(StatusCode::UNAUTHORIZED, "auth", detail);
-        let Some(value) = header_str(headers, header::AUTHORIZATION) else {
-            return Err(fail("credentials required (Authorization header)"));
-        };
-        let (scheme, credential) = value.trim().split_once(' ').unwrap_or((value, ""));
-        let credential = credential.trim();
-        let ok = if scheme.eq_ignore_ascii_case("bearer") {
-            self.bearer
-                .is_some_and(|want| bool::from(sha256(credential.as_bytes()).ct_eq(&want)))
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            use base64::Engine;
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(credential)
-                .unwrap_or_default();
-            self.basic
-                .is_some_and(|want| bool::from(sha256(&decoded).ct_eq(&want)))
-        } else {
-            false
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(fail("invalid credentials"))
-        }
-    }
-
-    /// The tag: the tag header, else the path (`/a/b` is `a.b`), else `default_tag`.
-    fn tag(&self, req: &Request<Incoming>) -> Result<String, Reject> {
-        let bad = |detail: String| Reject::new(StatusCode::BAD_REQUEST, "no_tag", detail);
-        if let Some(name) = &self.tag_header
-            && let Some(v) = req.headers().get(name)
-        {
-            let tag = v
-                .to_str()
-                .map_err(|_| bad(format!("header {name} is not a valid tag")))?
-                .trim();
-            if !tag.is_empty() {
-                return Ok(tag.to_string());
-            }
-        }
-        let path = req.uri().path();
-        let mut parts = Vec::new();
-        for segment in path.split('/').filter(|s| !s.is_empty()) {
-            let decoded = percent_decode(segment.as_bytes());
-            let text = String::from_utf8(decoded)
-                .map_err(|_| bad(format!("path `{path}` is not UTF-8 once decoded")))?;
-            parts.push(text);
-        }
-        let tag = if parts.is_empty() {
-            self.default_tag.clone()
-        } else {
-            parts.join(".")
-        };
-        if tag.is_empty() {
-            return Err(bad(match &self.tag_header {
-                Some(h) => format!("no tag: POST to /<tag> or send the tag in header {h}"),
-                None => {
-                    "no tag: POST to /<tag> (or set http.tag_header / http.default_tag)".to_string()
-                }
-            }));
-        }
-        if tag.len() > 1024 || tag.chars().any(char::is_control) {
-            return Err(bad(
-                "the tag is longer than 1024 bytes or holds control characters".into(),
-            ));
-        }
-        Ok(tag)
-    }
-}
-
-fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn percent_decode(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
-        if s[i] == b'%'
-            && let (Some(h), Some(l)) = (hex(s.get(i + 1)), hex(s.get(i + 2)))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
-}
-
-fn now() -> EventTime {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    EventTime {
-        secs: d.as_secs() as i64,
-        nanos: d.subsec_nanos(),
-    }
 }

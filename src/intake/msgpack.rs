@@ -2,7 +2,7 @@
 //! rest is slicing, because the hot path wants to borrow strings and skip values without
 //! copying or allocating. Skipping is iterative (a count of pending items, not recursion), so
 //! no input can overflow the stack, and every declared length is checked against the bytes
-//! actually present before anything is allocated.
+//! actually present before anything is allocated. It must never panic, whatever the bytes.
 
 use rmp::Marker;
 use thiserror::Error;

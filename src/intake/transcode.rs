@@ -17,10 +17,22 @@
 //! - An EventTime ext inside a record is written as a time like the time field; any other ext
 //!   value becomes `{"ext_type":N,"data":"<base64>"}`.
 
-use crate::config::TimeFormat;
-use crate::msgpack::{DecodeError, EventTime, Reader, Result, invalid, type_name};
+use crate::intake::msgpack::{DecodeError, EventTime, Reader, Result, invalid, type_name};
 use base64::Engine;
 use rmp::Marker;
+use serde::Deserialize;
+
+/// How a line's time field is written (a target's `time_format`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// `2024-05-01T12:34:56.789012Z`, with `time_precision` fractional digits.
+    Rfc3339,
+    /// Seconds since the epoch, with `time_precision` fractional digits.
+    EpochSeconds,
+    /// Whole milliseconds since the epoch.
+    EpochMillis,
+}
 
 /// Nesting deeper than this is refused: logs never need it and recursion must stay bounded.
 const MAX_DEPTH: usize = 64;

@@ -1,7 +1,7 @@
 //! Server-side TLS shared by the intake servers: certificate and key from PEM files, optional
 //! client-certificate verification against a CA bundle, and a reload (on SIGHUP) that swaps the
 //! certificate for new connections without touching the ones already open. A reload that fails
-//! keeps the old certificate and says why.
+//! keeps the old certificate and says why; no error or log line may carry a key's bytes.
 
 use anyhow::{Context, Result};
 use rustls::pki_types::pem::PemObject;

@@ -1,0 +1,315 @@
+//! One writer thread of a target: it takes every batch queued for it, appends them to the open
+//! chunk of their partition, commits once for the lot (group commit) and then answers all
+//! their submitters. Owns the open chunks, sealing (by size, age and the open-chunk cap) and
+//! the disk usage they count against the quota. It must never answer `Ok` for a batch whose
+//! chunk's commit failed, and never reuse a chunk after an I/O error.
+
+use super::chunk::{self, OpenChunk};
+use super::dedupe::ClaimGuard;
+use super::seq::SeqAllocator;
+use super::usage::Usage;
+use super::{Batch, Sealed, StoreError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tracing::error;
+
+/// Where a writer answers a batch's submitter: durable, or why not.
+pub(super) type Answer = oneshot::Sender<Result<(), StoreError>>;
+
+pub(super) enum ShardMsg {
+    /// The permit holds the batch's share of the in-flight memory budget until it is compressed.
+    Append(Batch, Answer, OwnedSemaphorePermit),
+    /// Seal chunks past their age.
+    Tick,
+    /// Seal everything and stop.
+    Stop,
+}
+
+/// Stop grouping once this many uncompressed bytes wait for one commit.
+const GROUP_BYTES: usize = 1 << 20;
+
+/// A submitter waiting for the commit of the chunk (by sequence number) its batch went into.
+struct Waiter {
+    chunk: u64,
+    answer: Answer,
+    claim: Option<ClaimGuard>,
+}
+
+/// What the messages of one group asked for besides appends.
+#[derive(Default)]
+struct GroupOrders {
+    tick: bool,
+    stop: bool,
+}
+
+pub(super) struct ShardWriter {
+    /// Batches this writer holds, queued or in hand, until answered (shared with `submit`,
+    /// which sends to the least busy writer).
+    pub busy: Arc<AtomicUsize>,
+    pub target: usize,
+    pub dir: PathBuf,
+    pub level: u32,
+    pub fsync: bool,
+    pub seal_bytes: u64,
+    pub seal_age: Duration,
+    pub partition_by_tag: bool,
+    pub seqs: Arc<SeqAllocator>,
+    pub usage: Arc<Usage>,
+    pub sealed: mpsc::UnboundedSender<Sealed>,
+    /// The open chunk of each partition, and how many of its disk bytes `usage` counts.
+    pub open: HashMap<Arc<str>, (OpenChunk, u64)>,
+    pub max_open: usize,
+}
+
+/// The group in progress: submitters waiting for its commit, and the chunks whose batches must
+/// not be acked (a write, seal or commit failed).
+#[derive(Default)]
+struct Group {
+    waiters: Vec<Waiter>,
+    failed: Vec<u64>,
+}
+
+impl ShardWriter {
+    pub fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
+        let mut group = Group::default();
+        loop {
+            let Some(first) = rx.blocking_recv() else {
+                self.seal_all();
+                return;
+            };
+            let orders = self.take_group(first, &mut rx, &mut group);
+            self.commit_group(&mut group);
+            self.account();
+            self.seal_due(orders.tick);
+            if orders.stop {
+                self.seal_all();
+                return;
+            }
+        }
+    }
+
+    /// Appends `first` and whatever else is queued, up to `GROUP_BYTES` of lines.
+    fn take_group(
+        &mut self,
+        first: ShardMsg,
+        rx: &mut mpsc::Receiver<ShardMsg>,
+        group: &mut Group,
+    ) -> GroupOrders {
+        let mut orders = GroupOrders::default();
+        let mut grouped = 0usize;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ShardMsg::Append(batch, answer, permit) => {
+                    grouped += batch.lines.len();
+                    let result = self.append(&batch, &mut group.failed);
+                    let Batch { lines, claim, .. } = batch;
+                    drop(lines);
+                    drop(permit);
+                    match result {
+                        Ok(chunk) => group.waiters.push(Waiter {
+                            chunk,
+                            answer,
+                            claim,
+                        }),
+                        // A claim dropped here is released: nothing of it is durable.
+                        Err(e) => {
+                            self.busy.fetch_sub(1, Ordering::Relaxed);
+                            let _ = answer.send(Err(e));
+                        }
+                    }
+                }
+                ShardMsg::Tick => orders.tick = true,
+                ShardMsg::Stop => orders.stop = true,
+            }
+            if grouped < GROUP_BYTES && !orders.stop {
+                next = rx.try_recv().ok();
+            }
+        }
+        orders
+    }
+
+    /// Commits every chunk the group wrote to, then answers its submitters and settles their
+    /// claims: `Ok` only where the chunk's commit succeeded.
+    fn commit_group(&mut self, group: &mut Group) {
+        let mut broken = Vec::new();
+        for (key, (chunk, _)) in self.open.iter_mut() {
+            if !chunk.is_dirty() {
+                continue;
+            }
+            if let Err(e) = chunk.commit() {
+                error!(
+                    chunk = chunk.seq,
+                    "commit failed, nothing in it since the last commit is acked: {e}"
+                );
+                metrics::counter!("rin_buffer_commit_errors_total").increment(1);
+                group.failed.push(chunk.seq);
+                broken.push(key.clone());
+            }
+        }
+        for key in broken {
+            self.poison(&key);
+        }
+        metrics::counter!("rin_buffer_commits_total").increment(1);
+        for waiter in group.waiters.drain(..) {
+            let result = if group.failed.contains(&waiter.chunk) {
+                Err(StoreError::NotDurable)
+            } else {
+                Ok(())
+            };
+            if let Some(claim) = waiter.claim {
+                claim.finish(result.is_ok());
+            }
+            self.busy.fetch_sub(1, Ordering::Relaxed);
+            let _ = waiter.answer.send(result);
+        }
+        group.failed.clear();
+    }
+
+    /// Seals chunks past `seal_bytes`, and on a tick those past `seal_age`.
+    fn seal_due(&mut self, tick: bool) {
+        let due: Vec<Arc<str>> = self
+            .open
+            .iter()
+            .filter(|(_, (c, _))| {
+                c.bytes >= self.seal_bytes || (tick && c.opened_at.elapsed() >= self.seal_age)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Between groups nobody waits on these chunks, so a failed seal fails no batch.
+        let mut failed = Vec::new();
+        for key in due {
+            self.seal(&key, &mut failed);
+        }
+    }
+
+    /// Returns the sequence number of the chunk the batch went into. On error the chunk that
+    /// is now broken (if any) is added to `failed`: its earlier, uncommitted batches fail
+    /// with it.
+    fn append(&mut self, batch: &Batch, failed: &mut Vec<u64>) -> Result<u64, StoreError> {
+        let key: Arc<str> = if self.partition_by_tag {
+            batch.partition.clone()
+        } else {
+            Arc::from("")
+        };
+        let full = self.open.get(&key).is_some_and(|(c, _)| {
+            c.bytes > 0 && c.bytes + batch.lines.len() as u64 > self.seal_bytes
+        });
+        if full {
+            self.seal(&key, failed);
+        }
+        if !self.open.contains_key(&key) {
+            self.open_chunk(&key, failed)?;
+        }
+        let (chunk, _) = self.open.get_mut(&key).unwrap();
+        let seq = chunk.seq;
+        let id = batch.claim.as_ref().map(|c| c.id.clone());
+        if let Err(e) = chunk.append(&batch.lines, batch.events, batch.first_time, id) {
+            self.poison(&key);
+            failed.push(seq);
+            return Err(StoreError::io(format!("cannot write chunk {seq}"), e));
+        }
+        Ok(seq)
+    }
+
+    /// Opens a new chunk for `key`, first sealing the oldest open one at `max_open`.
+    fn open_chunk(&mut self, key: &Arc<str>, failed: &mut Vec<u64>) -> Result<(), StoreError> {
+        if self.open.len() >= self.max_open {
+            // Many partitions (tags): seal the oldest rather than hold unbounded memory.
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, (c, _))| c.opened_at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                metrics::counter!("rin_chunks_sealed_early_total", "reason" => "max_open_chunks")
+                    .increment(1);
+                self.seal(&oldest, failed);
+            }
+        }
+        let seq = self
+            .seqs
+            .next()
+            .map_err(|e| StoreError::io("cannot allocate a chunk number".into(), e))?;
+        let chunk = OpenChunk::create(&self.dir, seq, key, self.level, self.fsync)
+            .map_err(|e| StoreError::io(format!("cannot create chunk {seq}"), e))?;
+        self.open.insert(key.clone(), (chunk, 0));
+        metrics::gauge!("rin_buffer_chunks", "state" => "open").increment(1.0);
+        Ok(())
+    }
+
+    /// Brings the quota's count up to date with what the open chunks hold on disk.
+    fn account(&mut self) {
+        for (chunk, accounted) in self.open.values_mut() {
+            let now = chunk.disk_bytes();
+            if now > *accounted {
+                self.usage.add(now - *accounted);
+                *accounted = now;
+            }
+        }
+    }
+
+    /// Seals `key`'s chunk and queues it for shipping. A chunk that cannot be sealed is added
+    /// to `failed` (its batches in the group are not acked); it stays on disk for recovery.
+    fn seal(&mut self, key: &Arc<str>, failed: &mut Vec<u64>) {
+        let Some((chunk, accounted)) = self.open.remove(key) else {
+            return;
+        };
+        let seq = chunk.seq;
+        metrics::gauge!("rin_buffer_chunks", "state" => "open").decrement(1.0);
+        match chunk.seal() {
+            Ok(Some(sealed)) => {
+                self.usage.add(sealed.disk_bytes());
+                self.usage.sub(accounted);
+                metrics::counter!("rin_chunks_sealed_total").increment(1);
+                metrics::gauge!("rin_buffer_chunks", "state" => "sealed").increment(1.0);
+                let _ = self.sealed.send((self.target, sealed));
+            }
+            Ok(None) => self.usage.sub(accounted),
+            Err(e) => {
+                error!(
+                    chunk = seq,
+                    "cannot seal chunk; it stays on disk and is recovered at the next start: {e}"
+                );
+                failed.push(seq);
+            }
+        }
+    }
+
+    /// After an I/O error the in-memory state of a chunk is suspect: seal it from its journal
+    /// (its last durable point) as recovery would, and start a fresh one for later batches.
+    fn poison(&mut self, key: &Arc<str>) {
+        let Some((chunk, accounted)) = self.open.remove(key) else {
+            return;
+        };
+        let seq = chunk.seq;
+        drop(chunk);
+        metrics::gauge!("rin_buffer_chunks", "state" => "open").decrement(1.0);
+        match chunk::recover(&self.dir, seq) {
+            Ok(r) => {
+                self.usage.sub(accounted);
+                if let Some(sealed) = r.chunk {
+                    self.usage.add(sealed.disk_bytes());
+                    metrics::gauge!("rin_buffer_chunks", "state" => "sealed").increment(1.0);
+                    let _ = self.sealed.send((self.target, sealed));
+                }
+            }
+            Err(e) => error!(
+                chunk = seq,
+                "cannot seal chunk after an error; it is recovered at the next start: {e}"
+            ),
+        }
+    }
+
+    fn seal_all(&mut self) {
+        let keys: Vec<Arc<str>> = self.open.keys().cloned().collect();
+        let mut failed = Vec::new();
+        for key in keys {
+            self.seal(&key, &mut failed);
+        }
+    }
+}
