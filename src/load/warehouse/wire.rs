@@ -6,10 +6,63 @@
 //! Must never: print a password (connections are shown by [`Redshift::visible_dsn`]); commit a
 //! load whose ledger rows were not all written.
 
-use crate::load::ledger::{Group, Item, ItemResult, Ledger, LoadFailure, Pending};
+use super::Env;
+use crate::load::ledger::{Dialect, Group, Item, ItemResult, Ledger, LoadFailure, Pending};
 use crate::load::rin::{Redshift, SslMode};
 use tokio_postgres::{Client, NoTls, Transaction};
-use tracing::warn;
+use tracing::{info, warn};
+
+/// One wire-protocol connection with its ledger: what the PostgreSQL and Redshift sessions
+/// are made of.
+pub struct Session {
+    pub client: Client,
+    ledger: Ledger,
+}
+
+impl Session {
+    /// Connects, and creates the ledger if missing.
+    pub async fn open(
+        env: &Env<'_>,
+        conn: &Redshift,
+        dialect: Dialect,
+    ) -> Result<Session, LoadFailure> {
+        let client = connect(conn, env.cfg.ext.sslmode).await?;
+        let ledger = Ledger::new(env.cfg, dialect);
+        ensure_ledger(&client, &ledger).await?;
+        Ok(Session { client, ledger })
+    }
+
+    /// One load in the ledger transaction: `load_new` writes the rows of the objects not in
+    /// the ledger yet (and records their ledger rows), returning the rows written; a data
+    /// error of a load with one new object is that object's.
+    pub async fn load_in_transaction<F>(
+        &mut self,
+        env: &Env<'_>,
+        group: &Group,
+        load_new: F,
+    ) -> Result<Vec<ItemResult>, LoadFailure>
+    where
+        F: AsyncFnOnce(&mut LedgerTx<'_>, &[usize]) -> Result<u64, LoadFailure>,
+    {
+        let mut ltx = LedgerTx::begin(&mut self.client, &self.ledger, group).await?;
+        let new = ltx.pending.new.clone();
+        if new.is_empty() {
+            return ltx.commit().await;
+        }
+        let rows = load_new(&mut ltx, &new)
+            .await
+            .map_err(|f| f.attribute_single(&new))?;
+        let batch_id = ltx.batch_id.clone();
+        let results = ltx.commit().await?;
+        let mode = env.cfg.target(group.dest.target).insert_mode.name();
+        info!(table = %group.dest.qualified(), objects = new.len(), rows, batch_id, mode, "committed");
+        Ok(results)
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.client.is_closed()
+    }
+}
 
 /// Connects as Rin does (host, port, dbname, user, password), TLS per `sslmode`.
 pub async fn connect(r: &Redshift, sslmode: SslMode) -> Result<Client, LoadFailure> {

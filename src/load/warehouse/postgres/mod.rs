@@ -18,12 +18,11 @@ mod stage;
 
 use super::wire::{self, LedgerTx, pg_failure};
 use super::{Driver, Env, Warehouse, open_object};
-use crate::load::ledger::{Dialect, ErrorKind, Group, ItemResult, Ledger, LoadFailure};
+use crate::load::ledger::{Dialect, ErrorKind, Group, ItemResult, LoadFailure};
 use crate::load::rin::{Destination, InsertMode, Redshift, RinConfig};
 use async_trait::async_trait;
 use columns::{insert_sql, keyed_sql, pick_counts_sql, table_columns};
 use stage::{STAGE_DDL, reset_stage, stage};
-use tokio_postgres::Client;
 use tracing::{debug, info};
 
 /// The PostgreSQL driver (`rin_ship.warehouse: postgres`).
@@ -36,10 +35,9 @@ impl Driver for Postgres {
         env: &Env<'_>,
         conn: &Redshift,
     ) -> Result<Box<dyn Warehouse>, LoadFailure> {
-        let client = wire::connect(conn, env.cfg.ext.sslmode).await?;
-        let ledger = Ledger::new(env.cfg, Dialect::Postgres);
-        wire::ensure_ledger(&client, &ledger).await?;
-        Ok(Box::new(Session { client, ledger }))
+        Ok(Box::new(Session(
+            wire::Session::open(env, conn, Dialect::Postgres).await?,
+        )))
     }
 
     fn dry_run(
@@ -63,49 +61,32 @@ impl Driver for Postgres {
 }
 
 /// One connection.
-struct Session {
-    client: Client,
-    ledger: Ledger,
-}
+struct Session(wire::Session);
 
 #[async_trait]
 impl Warehouse for Session {
     async fn load(&mut self, env: &Env<'_>, group: &Group) -> Result<Vec<ItemResult>, LoadFailure> {
-        match self.load_in_transaction(env, group).await {
-            Err(f) if !self.client.is_closed() => {
-                Err(explain::explain(&mut self.client, env, group, f).await)
+        let mode = env.cfg.target(group.dest.target).insert_mode;
+        let loaded = self
+            .0
+            .load_in_transaction(env, group, async |ltx, _new| {
+                if mode.keyed() {
+                    load_keyed(ltx, env, group, mode).await
+                } else {
+                    load_each(ltx, env, group, mode).await
+                }
+            })
+            .await;
+        match loaded {
+            Err(f) if self.0.is_open() => {
+                Err(explain::explain(&mut self.0.client, env, group, f).await)
             }
             r => r,
         }
     }
 
     fn is_open(&self) -> bool {
-        !self.client.is_closed()
-    }
-}
-
-impl Session {
-    async fn load_in_transaction(
-        &mut self,
-        env: &Env<'_>,
-        group: &Group,
-    ) -> Result<Vec<ItemResult>, LoadFailure> {
-        let mut ltx = LedgerTx::begin(&mut self.client, &self.ledger, group).await?;
-        let new = ltx.pending.new.clone();
-        if new.is_empty() {
-            return ltx.commit().await;
-        }
-        let mode = env.cfg.target(group.dest.target).insert_mode;
-        let rows = if mode.keyed() {
-            load_keyed(&mut ltx, env, group, mode).await
-        } else {
-            load_each(&mut ltx, env, group, mode).await
-        }
-        .map_err(|f| f.attribute_single(&new))?;
-        let batch_id = ltx.batch_id.clone();
-        let results = ltx.commit().await?;
-        info!(table = %group.dest.qualified(), objects = new.len(), rows, batch_id, mode = mode.name(), "committed");
-        Ok(results)
+        self.0.is_open()
     }
 }
 

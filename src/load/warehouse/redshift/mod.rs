@@ -15,8 +15,7 @@ pub mod sql;
 use super::wire::{self, LedgerTx, first_value, pg_failure};
 use super::{Driver, Env, Warehouse, stats};
 use crate::load::ledger::{
-    Dialect, ErrorDetail, ErrorKind, Group, Item, ItemResult, Ledger, LoadFailure,
-    failure::match_file,
+    Dialect, ErrorDetail, ErrorKind, Group, Item, ItemResult, LoadFailure, failure::match_file,
 };
 use crate::load::rin::{
     Destination, Redshift as Connection, RinConfig, Target, Warehouse as Dialects,
@@ -35,10 +34,9 @@ impl Driver for Redshift {
         env: &Env<'_>,
         conn: &Connection,
     ) -> Result<Box<dyn Warehouse>, LoadFailure> {
-        let client = wire::connect(conn, env.cfg.ext.sslmode).await?;
-        let ledger = Ledger::new(env.cfg, Dialect::Redshift);
-        wire::ensure_ledger(&client, &ledger).await?;
-        Ok(Box::new(Session { client, ledger }))
+        Ok(Box::new(Session(
+            wire::Session::open(env, conn, Dialect::Redshift).await?,
+        )))
     }
 
     fn dry_run(
@@ -97,45 +95,26 @@ impl Manifest {
 }
 
 /// One connection.
-struct Session {
-    client: Client,
-    ledger: Ledger,
-}
+struct Session(wire::Session);
 
 #[async_trait]
 impl Warehouse for Session {
     async fn load(&mut self, env: &Env<'_>, group: &Group) -> Result<Vec<ItemResult>, LoadFailure> {
-        warn_if_disk_short(&self.client, env.cfg, group).await;
-        match self.load_in_transaction(env, group).await {
-            Err(f) if !self.client.is_closed() => Err(explain(&self.client, group, f).await),
+        warn_if_disk_short(&self.0.client, env.cfg, group).await;
+        let loaded = self
+            .0
+            .load_in_transaction(env, group, async |ltx, new| {
+                copy(ltx, env, group, new).await
+            })
+            .await;
+        match loaded {
+            Err(f) if self.0.is_open() => Err(explain(&self.0.client, group, f).await),
             r => r,
         }
     }
 
     fn is_open(&self) -> bool {
-        !self.client.is_closed()
-    }
-}
-
-impl Session {
-    async fn load_in_transaction(
-        &mut self,
-        env: &Env<'_>,
-        group: &Group,
-    ) -> Result<Vec<ItemResult>, LoadFailure> {
-        let mut ltx = LedgerTx::begin(&mut self.client, &self.ledger, group).await?;
-        let new = ltx.pending.new.clone();
-        if new.is_empty() {
-            return ltx.commit().await;
-        }
-        let rows = copy(&mut ltx, env, group, &new)
-            .await
-            .map_err(|f| f.attribute_single(&new))?;
-        let batch_id = ltx.batch_id.clone();
-        let mode = env.cfg.target(group.dest.target).insert_mode;
-        let results = ltx.commit().await?;
-        info!(table = %group.dest.qualified(), objects = new.len(), rows, batch_id, mode = mode.name(), "committed");
-        Ok(results)
+        self.0.is_open()
     }
 }
 

@@ -10,6 +10,9 @@
 //! Must never: load an object outside the ledger transaction; print a secret; draw the progress
 //! bar anywhere but a terminal's stderr (stdout carries only the summary, or the dry-run list).
 
+mod list;
+mod progress;
+
 use crate::common::shutdown;
 use crate::load::Loader;
 use crate::load::deliver::load_objects;
@@ -19,13 +22,12 @@ use crate::load::warehouse::Sessions;
 use crate::queue::event::ObjectEvent;
 use crate::store::s3::Buckets;
 use anyhow::{Result, anyhow};
-use aws_sdk_s3::error::DisplayErrorContext;
 use chrono::{DateTime, NaiveDate, Utc};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use list::{Listing, list};
+use progress::{BarWriter, Display, Progress};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use tracing::{error, info, warn};
 
 /// Objects per call to the loader: one transaction (one COPY over one manifest, on Redshift)
@@ -35,9 +37,6 @@ use tracing::{error, info, warn};
 /// by object, so one bad object costs at most this many extra loads. Raise it for a large
 /// Redshift backfill with no live importer running: bigger COPYs use the slices better.
 pub const DEFAULT_BATCH_OBJECTS: usize = 10;
-
-/// How often progress is logged when stderr is not a terminal.
-const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Command-line options of `rin-ship backfill`.
 #[derive(Debug, Clone)]
@@ -88,268 +87,6 @@ pub fn parse_prefix(s: &str) -> Result<(String, String)> {
         return Err(anyhow!("--prefix {s:?}: no bucket"));
     }
     Ok((bucket.to_string(), prefix.to_string()))
-}
-
-/// One object the listing found (the version that is current now).
-#[derive(Debug, Clone)]
-struct Listed {
-    key: String,
-    etag: String,
-    version_id: String,
-    size: u64,
-    modified: Option<DateTime<Utc>>,
-}
-
-impl Listed {
-    fn event(&self, bucket: &str) -> ObjectEvent {
-        ObjectEvent {
-            bucket: bucket.to_string(),
-            key: self.key.clone(),
-            etag: self.etag.clone(),
-            version_id: self.version_id.clone(),
-            size: self.size,
-            event_name: "rin-ship:Backfill".to_string(),
-            created: true,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Listing {
-    /// Every object under the prefix.
-    listed: u64,
-    /// Left out by --since / --until.
-    outside_window: u64,
-    /// Zero-byte keys ending in `/` (console "folders").
-    folders: u64,
-    selected: Vec<Listed>,
-}
-
-fn when(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
-}
-
-fn in_window(args: &BackfillArgs, modified: Option<DateTime<Utc>>) -> bool {
-    match modified {
-        Some(m) => args.since.is_none_or(|s| m >= s) && args.until.is_none_or(|u| m < u),
-        // No LastModified (never from S3): only an unbounded window takes it.
-        None => args.since.is_none() && args.until.is_none(),
-    }
-}
-
-/// Lists the objects under `bucket/prefix` in key order, keeping those in the window.
-///
-/// ListObjectVersions first: its current versions carry the version id a live event has on a
-/// versioned bucket (and `null`, read as none, elsewhere), so the ledger key is the same.
-/// Without `s3:ListBucketVersions` (or on a server without that call), ListObjectsV2: right
-/// for an unversioned bucket, while on a versioned one objects loaded from events would load
-/// again (warned).
-async fn list(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-    args: &BackfillArgs,
-    progress: &Progress,
-) -> Result<Listing> {
-    let all = match list_versions(s3, bucket, prefix, progress).await {
-        Ok(all) => all,
-        Err((true, e)) => {
-            warn!(
-                "{e:#}; listing with ListObjectsV2 instead: objects get no version id, so on a \
-                 versioned bucket the ones loaded from events (which carry one) would load again \
-                 (grant s3:ListBucketVersions to avoid that)"
-            );
-            progress.listed.store(0, Ordering::Relaxed);
-            list_current(s3, bucket, prefix, progress).await?
-        }
-        Err((false, e)) => return Err(e),
-    };
-    let mut out = Listing::default();
-    for l in all {
-        out.listed += 1;
-        if l.size == 0 && l.key.ends_with('/') {
-            out.folders += 1;
-        } else if !in_window(args, l.modified) {
-            out.outside_window += 1;
-        } else {
-            out.selected.push(l);
-        }
-    }
-    Ok(out)
-}
-
-/// The current version of every object (ListObjectVersions); the error says whether it came
-/// on the first page.
-async fn list_versions(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-    progress: &Progress,
-) -> Result<Vec<Listed>, (bool, anyhow::Error)> {
-    let mut out = Vec::new();
-    // No paginator in the SDK for this one: KeyMarker / VersionIdMarker by hand.
-    let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
-    let mut first = true;
-    loop {
-        let page = s3
-            .list_object_versions()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_key_marker(key_marker.take())
-            .set_version_id_marker(version_marker.take())
-            .send()
-            .await
-            .map_err(|e| {
-                let e = anyhow!(
-                    "ListObjectVersions s3://{bucket}/{prefix}: {}",
-                    DisplayErrorContext(&e)
-                );
-                (first, e)
-            })?;
-        first = false;
-        for v in page.versions() {
-            if v.is_latest() != Some(true) {
-                continue;
-            }
-            let version_id = match v.version_id() {
-                // Written while versioning was off (or suspended): events carry no version id.
-                None | Some("null") => String::new(),
-                Some(id) => id.to_string(),
-            };
-            progress.listed.fetch_add(1, Ordering::Relaxed);
-            out.push(Listed {
-                key: v.key().unwrap_or_default().to_string(),
-                etag: v.e_tag().unwrap_or_default().trim_matches('"').to_string(),
-                version_id,
-                size: v.size().unwrap_or(0).max(0) as u64,
-                modified: v.last_modified().and_then(when),
-            });
-        }
-        if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
-            return Ok(out);
-        }
-        key_marker = page.next_key_marker().map(str::to_string);
-        version_marker = page.next_version_id_marker().map(str::to_string);
-    }
-}
-
-/// Every object, without version ids (ListObjectsV2).
-async fn list_current(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-    progress: &Progress,
-) -> Result<Vec<Listed>> {
-    let mut out = Vec::new();
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            anyhow!(
-                "ListObjectsV2 s3://{bucket}/{prefix}: {}",
-                DisplayErrorContext(&e)
-            )
-        })?;
-        for o in page.contents() {
-            progress.listed.fetch_add(1, Ordering::Relaxed);
-            out.push(Listed {
-                key: o.key().unwrap_or_default().to_string(),
-                etag: o.e_tag().unwrap_or_default().trim_matches('"').to_string(),
-                version_id: String::new(),
-                size: o.size().unwrap_or(0).max(0) as u64,
-                modified: o.last_modified().and_then(when),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Counters the progress display and the periodic log line read.
-#[derive(Default)]
-struct Progress {
-    listing_done: AtomicBool,
-    listed: AtomicU64,
-    total_objects: AtomicU64,
-    total_bytes: AtomicU64,
-    done_objects: AtomicU64,
-    done_bytes: AtomicU64,
-    loaded: AtomicU64,
-    duplicates: AtomicU64,
-    failed: AtomicU64,
-    rows: AtomicU64,
-}
-
-impl Progress {
-    fn message(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "{}/{} objects, {} rows, {} loaded, {} duplicates, {} failed",
-            g(&self.done_objects),
-            g(&self.total_objects),
-            g(&self.rows),
-            g(&self.loaded),
-            g(&self.duplicates),
-            g(&self.failed)
-        )
-    }
-
-    /// The periodic log line (when stderr is not a terminal).
-    fn log(&self, what: &str, elapsed: Duration) {
-        if !self.listing_done.load(Ordering::Relaxed) {
-            info!(
-                listed = self.listed.load(Ordering::Relaxed),
-                "backfill: listing {what}"
-            );
-        } else {
-            let eta = self
-                .eta(elapsed)
-                .map_or("?".to_string(), |s| format!("{s}s"));
-            info!(
-                bytes = self.done_bytes.load(Ordering::Relaxed),
-                total_bytes = self.total_bytes.load(Ordering::Relaxed),
-                eta = %eta,
-                "backfill: {}",
-                self.message()
-            );
-        }
-    }
-
-    /// Seconds left, from the bytes done so far.
-    fn eta(&self, elapsed: Duration) -> Option<u64> {
-        let done = self.done_bytes.load(Ordering::Relaxed);
-        let total = self.total_bytes.load(Ordering::Relaxed);
-        (done > 0).then(|| {
-            let left = total.saturating_sub(done) as f64;
-            (elapsed.as_secs_f64() * left / done as f64).round() as u64
-        })
-    }
-}
-
-/// The progress bar, once drawn: log lines are written around it (see [`init_logging`]).
-static BAR: OnceLock<ProgressBar> = OnceLock::new();
-
-struct BarWriter;
-
-impl Write for BarWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match BAR.get().filter(|b| !b.is_hidden() && !b.is_finished()) {
-            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)),
-            None => std::io::stderr().write_all(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
 }
 
 /// Logging for `rin-ship backfill`: as everywhere (stderr, `RIN_SHIP_LOG`, default `info`), but
@@ -412,81 +149,6 @@ async fn run(cfg: Arc<RinConfig>, args: BackfillArgs) -> Result<()> {
     .await;
     display.finish();
     summarize(&loader, &bucket, &listing, &progress, &outcome, started)
-}
-
-/// The progress bar on a terminal (log lines are written around it), else a log line every
-/// [`LOG_EVERY`].
-struct Display {
-    bar: ProgressBar,
-    ticker: tokio::task::JoinHandle<()>,
-}
-
-impl Display {
-    fn start(bucket: &str, prefix: &str, progress: Arc<Progress>, started: Instant) -> Display {
-        let terminal = std::io::stderr().is_terminal();
-        let bar = if terminal {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} listing s3://{prefix}: {pos} objects")
-                    .expect("a valid template"),
-            );
-            bar.set_prefix(format!("{bucket}/{prefix}"));
-            bar.enable_steady_tick(Duration::from_millis(200));
-            let _ = BAR.set(bar.clone());
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
-        let ticker = {
-            let bar = bar.clone();
-            let what = format!("s3://{bucket}/{prefix}");
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(200));
-                let mut last_log = Instant::now();
-                loop {
-                    tick.tick().await;
-                    if terminal {
-                        if !progress.listing_done.load(Ordering::Relaxed) {
-                            bar.set_position(progress.listed.load(Ordering::Relaxed));
-                        }
-                        continue;
-                    }
-                    if last_log.elapsed() < LOG_EVERY {
-                        continue;
-                    }
-                    last_log = Instant::now();
-                    progress.log(&what, started.elapsed());
-                }
-            })
-        };
-        Display { bar, ticker }
-    }
-
-    /// From listing to loading: a bar over the bytes to load.
-    fn loading(&self, progress: &Progress) {
-        self.bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ETA {eta}\n  {msg}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        self.bar
-            .set_length(progress.total_bytes.load(Ordering::Relaxed).max(1));
-        self.bar.set_position(0);
-        self.bar.set_message(progress.message());
-    }
-
-    fn update(&self, progress: &Progress) {
-        self.bar
-            .set_position(progress.done_bytes.load(Ordering::Relaxed));
-        self.bar.set_message(progress.message());
-    }
-
-    fn finish(&self) {
-        self.ticker.abort();
-        self.bar.finish_and_clear();
-    }
 }
 
 /// Logs what the listing found and sets the totals the progress counts down from.
@@ -735,26 +397,5 @@ mod tests {
         assert!(parse_prefix("s3:///logs").is_err());
         assert_eq!(parse_batch_objects("1"), Ok(1));
         assert!(parse_batch_objects("0").is_err());
-    }
-
-    #[test]
-    fn window() {
-        let t = |s| parse_time(s).unwrap();
-        let mut a = BackfillArgs {
-            config: String::new(),
-            prefix: String::new(),
-            since: Some(t("2024-05-01")),
-            until: Some(t("2024-05-02")),
-            batch_objects: 10,
-            dry_run: false,
-        };
-        assert!(in_window(&a, Some(t("2024-05-01"))));
-        assert!(in_window(&a, Some(t("2024-05-01T23:59:59Z"))));
-        assert!(!in_window(&a, Some(t("2024-05-02"))));
-        assert!(!in_window(&a, Some(t("2024-04-30T23:59:59Z"))));
-        assert!(!in_window(&a, None));
-        a.since = None;
-        a.until = None;
-        assert!(in_window(&a, None));
     }
 }
