@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,10 @@ def wait_rows(db: Path, table: str, n: int, timeout: float = 30.0, stderr=lambda
                          f"stderr:\n{stderr()[-4000:]}")
 
 
-def query(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
+def query(*args, cwd=None, check=True, binary=None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RIN_SHIP_CONFIG"}
-    p = subprocess.run([str(rin_ship_bin()), "query", *args], capture_output=True, text=True,
-                       cwd=cwd, env=env, timeout=30)
+    p = subprocess.run([str(binary or rin_ship_bin()), "query", *args], capture_output=True,
+                       text=True, cwd=cwd, env=env, timeout=30)
     if check:
         assert p.returncode == 0, f"query exited {p.returncode}: {p.stderr}"
     return p
@@ -76,8 +77,9 @@ class Bare:
     """`rin-ship serve` with no config file, in its own working folder (./rin-data); ports
     and seal_age come from the environment variables that adjust the embedded defaults."""
 
-    def __init__(self, workdir: Path, seal_age="1s"):
+    def __init__(self, workdir: Path, seal_age="1s", binary: Path | None = None):
         self.dir = Path(workdir)
+        self.binary = binary or rin_ship_bin()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.forward_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if k != "RIN_SHIP_CONFIG"}
@@ -97,7 +99,7 @@ class Bare:
     def start(self):
         self.n += 1
         self._err = open(self.dir / f"stderr.{self.n}.log", "wb")
-        self.proc = subprocess.Popen([str(rin_ship_bin()), "serve"], cwd=self.dir, env=self.env,
+        self.proc = subprocess.Popen([str(self.binary), "serve"], cwd=self.dir, env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err)
         deadline = time.monotonic() + 30
         while not port_open(self.forward_port):
@@ -144,6 +146,15 @@ def emit(port: int, tag: str, records: list[dict]):
     for r in records:
         assert log.emit(tag.split(".", 1)[1], r), log.last_error
     log.close()
+
+
+def lean_bin() -> Path:
+    """The build without the AWS SDKs (`--no-default-features`), which tests/run makes."""
+    p = Path(os.environ.get("RIN_SHIP_LEAN_BIN",
+                            Path(__file__).resolve().parent.parent / "target/lean/debug/rin-ship"))
+    assert p.is_file(), (f"the lean build is missing at {p}; build it with "
+                         "`cargo build --no-default-features --target-dir target/lean`")
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +217,25 @@ def test_serve_without_config_loads_rows(bare):
     wait_rows(s.db, "app.web", 26, stderr=s.stderr)
     s.terminate()
     assert len(table_rows(s.db, "app.web")) == 26
+
+
+def test_lean_build_runs_the_embedded_pipeline(bare):
+    """Without the AWS SDKs (`--no-default-features`) serve still runs every stage on this
+    machine: forward and HTTP in, objects in a folder, the local queue, the SQLite warehouse."""
+    lean = lean_bin()
+    s = bare(binary=lean).start()
+    emit(s.forward_port, "app.web", [{"i": i} for i in range(10)])
+    body = "\n".join(json.dumps({"i": 100 + i}) for i in range(3))
+    req = urllib.request.Request(f"http://127.0.0.1:{s.http_port}/app.web", data=body.encode(),
+                                 headers={"Content-Type": "application/x-ndjson"})
+    assert urllib.request.urlopen(req, timeout=10).status == 200
+    wait_rows(s.db, "app.web", 13, stderr=s.stderr)
+    s.terminate()
+    p = query("SELECT count(*) AS n, max(i) AS top FROM \"app.web\"", cwd=s.dir, binary=lean)
+    assert p.stdout == "n\ttop\n13\t102\n", p.stdout
+    # The importer needs the SDKs: this build has no such command, and says so.
+    p = subprocess.run([str(lean), "import", "-c", "x.yaml"], capture_output=True, text=True)
+    assert p.returncode == 2 and "import" in p.stderr, p.stderr
 
 
 def test_config_file_with_embedded_load(rin):
