@@ -9,7 +9,7 @@
 //! a recovered chunk ends where its last ack was given: nothing acked is lost, and nothing that
 //! was not acked survives to be stored twice when the client resends it.
 
-use crate::intake::msgpack::EventTime;
+use crate::common::time::EventTime;
 use base64::Engine;
 use flate2::{Compress, Compression, FlushCompress};
 use serde::{Deserialize, Serialize};

@@ -21,7 +21,7 @@ pub use config::BufferConfig;
 pub use dedupe::{Claim, ClaimGuard, Dedupe};
 pub use usage::Usage;
 
-use crate::intake::msgpack::EventTime;
+use crate::common::time::EventTime;
 use chunk::SealedChunk;
 use recover::{collect_shipped, recover_dir, warn_unknown_dirs};
 use seq::SeqAllocator;

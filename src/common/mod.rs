@@ -1,7 +1,7 @@
 //! What every stage uses and none owns: human-friendly units for the config files
-//! ([`units`]), secrets that cannot reach a log line ([`secret`]), the process's shutdown
-//! signal ([`shutdown`]), retry backoff ([`retry`]), the TLS client ([`tls`]) and the AWS client
-//! factory ([`aws`]).
+//! ([`units`]), the time of an event ([`time`]), secrets that cannot reach a log line
+//! ([`secret`]), the process's shutdown signal ([`shutdown`]), retry backoff ([`retry`]), the
+//! TLS client ([`tls`]) and the AWS client factory ([`aws`]).
 //!
 //! Must never: depend on a stage (every stage depends on this, so an import back would be a
 //! cycle); hold state of the data path.
@@ -11,5 +11,6 @@ pub mod aws;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;
+pub mod time;
 pub mod tls;
 pub mod units;

@@ -5,7 +5,7 @@
 //! intake answers visibly.
 
 use crate::buffer::{Batch, Buffer, Claim, ClaimGuard, Durable, StoreError};
-use crate::intake::msgpack::EventTime;
+use crate::common::time::EventTime;
 use crate::intake::route::Router;
 use crate::intake::transcode::{LineFormat, write_str};
 use std::collections::HashMap;

@@ -4,6 +4,7 @@
 //! no input can overflow the stack, and every declared length is checked against the bytes
 //! actually present before anything is allocated. It must never panic, whatever the bytes.
 
+pub use crate::common::time::EventTime;
 use rmp::Marker;
 use thiserror::Error;
 
@@ -128,13 +129,6 @@ impl FrameScanner {
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
-}
-
-/// An event time, as nanoseconds-resolution seconds since the epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EventTime {
-    pub secs: i64,
-    pub nanos: u32,
 }
 
 impl<'a> Reader<'a> {

@@ -2,7 +2,7 @@
 //! persisted sequence number, its partition tag and its first event time, so a retried upload
 //! rewrites the same object instead of adding one.
 
-use crate::intake::msgpack::EventTime;
+use crate::common::time::EventTime;
 use chrono::format::{Item, StrftimeItems};
 
 #[derive(Debug, Clone, PartialEq)]

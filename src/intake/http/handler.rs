@@ -11,7 +11,7 @@ use super::request::{self, IDEMPOTENCY_KEY, Params, TagSource, header_str};
 use super::{BLOCKING_BODY, HttpConfig};
 use crate::buffer::{ClaimGuard, StoreError};
 use crate::common::shutdown::Shutdown;
-use crate::intake::msgpack::EventTime;
+use crate::common::time::EventTime;
 use crate::intake::{InboundCounters, Ingest, IngestError, Intake, Route};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};

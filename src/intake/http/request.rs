@@ -4,7 +4,7 @@
 
 use super::body::{self, BodyKind};
 use super::handler::Reject;
-use crate::intake::msgpack::EventTime;
+use crate::common::time::EventTime;
 use hyper::StatusCode;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, body::Incoming};
