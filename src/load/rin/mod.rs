@@ -311,10 +311,11 @@ impl Target {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn env(k: &str) -> Option<String> {
+    /// The environment the config tests expand templates from.
+    pub(crate) fn env(k: &str) -> Option<String> {
         match k {
             "AWS_SECRET_ACCESS_KEY" => Some("SSS".into()),
             "REDSHIFT_PASSWORD" => Some("pw".into()),

@@ -145,15 +145,7 @@ fn parse_string_args(s: &str) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(k: &str) -> Option<String> {
-        match k {
-            "AWS_SECRET_ACCESS_KEY" => Some("SSS".into()),
-            "REDSHIFT_PASSWORD" => Some("pw".into()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
-        }
-    }
+    use crate::load::rin::tests::env;
 
     #[test]
     fn template_actions() {

@@ -104,6 +104,20 @@ async fn prepare(
     Ok((cols, insert))
 }
 
+/// Opens new object `i`; one that is gone is settled as such.
+async fn open_new(
+    ltx: &mut LedgerTx<'_>,
+    env: &Env<'_>,
+    group: &Group,
+    i: usize,
+) -> Result<Option<crate::store::Body>, LoadFailure> {
+    let body = open_object(env.objects, &group.items[i], i).await?;
+    if body.is_none() {
+        ltx.pending.settle(i, ItemResult::Gone);
+    }
+    Ok(body)
+}
+
 /// `APPEND` / `TRUNCATE`: each new object staged and inserted on its own.
 async fn load_each(
     ltx: &mut LedgerTx<'_>,
@@ -117,8 +131,7 @@ async fn load_each(
     let mut loaded_rows = 0;
     for i in ltx.pending.new.clone() {
         let it = &group.items[i];
-        let Some(body) = open_object(env.objects, it, i).await? else {
-            ltx.pending.settle(i, ItemResult::Gone);
+        let Some(body) = open_new(ltx, env, group, i).await? else {
             continue;
         };
         reset_stage(&ltx.tx).await?;
@@ -170,8 +183,7 @@ async fn load_keyed(
     let mut next = 1i64;
     for i in ltx.pending.new.clone() {
         let it = &group.items[i];
-        let Some(body) = open_object(env.objects, it, i).await? else {
-            ltx.pending.settle(i, ItemResult::Gone);
+        let Some(body) = open_new(ltx, env, group, i).await? else {
             continue;
         };
         let lines = stage(&ltx.tx, body, it, i).await? as i64;
