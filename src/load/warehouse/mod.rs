@@ -83,10 +83,35 @@ pub fn driver(kind: DriverKind) -> Box<dyn Driver> {
         DriverKind::Redshift => Box::new(redshift::Redshift),
         #[cfg(feature = "redshift")]
         DriverKind::RedshiftData => Box::new(dataapi::DataApiDriver::default()),
-        // Refused at config load in such a build; named here for the compiler.
+        // Refused at config load in such a build already.
         #[cfg(not(feature = "redshift"))]
-        DriverKind::RedshiftData => unreachable!("the Data API needs --features redshift"),
+        DriverKind::RedshiftData => Box::new(NotBuilt("the Data API driver", "redshift")),
         DriverKind::Sqlite => Box::new(sqlite::Sqlite),
+    }
+}
+
+/// A driver this build leaves out: every load fails, saying which feature brings it.
+#[cfg(not(feature = "redshift"))]
+struct NotBuilt(&'static str, &'static str);
+
+#[cfg(not(feature = "redshift"))]
+#[async_trait]
+impl Driver for NotBuilt {
+    async fn connect(&self, _: &Env<'_>, _: &Redshift) -> Result<Box<dyn Warehouse>, LoadFailure> {
+        Err(LoadFailure::new(
+            super::ledger::ErrorKind::Other,
+            format!(
+                "{} is not in this rin-ship: build it with `--features {}`",
+                self.0, self.1
+            ),
+        ))
+    }
+
+    fn dry_run(&self, _: &RinConfig, _: &Destination, _: &[(&str, &str)]) -> Vec<String> {
+        vec![format!(
+            "({} is not in this build: --features {})",
+            self.0, self.1
+        )]
     }
 }
 
