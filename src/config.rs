@@ -3,6 +3,7 @@
 //! never let an invalid config reach the pipeline, and never echo a secret in an error.
 
 use crate::buffer::BufferConfig;
+use crate::common::codec::Codec;
 use crate::common::units::Span;
 use crate::intake::forward::ForwardConfig;
 use crate::intake::route::TagPattern;
@@ -83,6 +84,11 @@ impl Default for Config {
 }
 
 pub const DEFAULT_KEY: &str = "logs/{tag}/dt=%Y-%m-%d/hour=%H/{node}-{seq}.json.gz";
+
+/// [`DEFAULT_KEY`] with the extension of `codec`.
+pub fn default_key(codec: Codec) -> String {
+    DEFAULT_KEY.replace(Codec::Gzip.extension(), codec.extension())
+}
 
 impl Default for TargetConfig {
     fn default() -> Self {
@@ -223,6 +229,13 @@ impl Config {
         if self.targets.is_empty() {
             self.targets.push(TargetConfig::default());
         }
+        // The default key names the objects' compression.
+        let codec = self.buffer.compression;
+        for t in &mut self.targets {
+            if t.key == DEFAULT_KEY {
+                t.key = default_key(codec);
+            }
+        }
         let embedded = self.embedded_load();
         for store in self.stores.values_mut() {
             let (notify, default) = match store {
@@ -268,6 +281,18 @@ impl Config {
                 );
             }
             KeyTemplate::parse(&t.key).map_err(|e| anyhow::anyhow!("{}: {e}", field("key")))?;
+            let codec = self.buffer.compression;
+            if let Some(named) = Codec::of_key(&t.key).filter(|c| *c != codec) {
+                bail!(
+                    "{}: `{}` ends like a {} object, but `buffer.compression` is {}: end it in \
+                     `{}` (the loaders and Redshift's COPY tell an object's compression by it)",
+                    field("key"),
+                    t.key,
+                    named.name(),
+                    codec.name(),
+                    codec.extension()
+                );
+            }
             if t.time_precision > 9 {
                 bail!("{}: must be 0..=9", field("time_precision"));
             }

@@ -77,6 +77,25 @@ def gunzip_single_member(data: bytes, what: str = "object") -> bytes:
     return out
 
 
+def unzstd_single_frame(data: bytes, what: str = "object") -> bytes:
+    """Decompress `data`, asserting it is exactly one zstd frame with nothing after it."""
+    import zstandard
+    assert data[:4] == b"\x28\xb5\x2f\xfd", f"{what}: not zstd (starts with {data[:8]!r})"
+    d = zstandard.ZstdDecompressor().decompressobj()
+    out = d.decompress(data)
+    assert d.eof, f"{what}: truncated zstd frame ({len(data)} bytes)"
+    assert d.unused_data == b"", (
+        f"{what}: more than one zstd frame or trailing garbage ({len(d.unused_data)} bytes)")
+    return out
+
+
+def decompress_object(data: bytes, what: str = "object") -> bytes:
+    """An object's NDJSON: one gzip member or one zstd frame, as its magic says."""
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        return unzstd_single_frame(data, what)
+    return gunzip_single_member(data, what)
+
+
 def parse_ndjson(text: bytes, what: str = "object") -> list[dict]:
     out = []
     s = text.decode("utf-8")  # the objects must be valid UTF-8
@@ -473,7 +492,7 @@ class RinShip:
     def records_by_key(self, store_dir: Path | None = None) -> dict[str, list[dict]]:
         out = {}
         for key, data in self.objects(store_dir).items():
-            out[key] = parse_ndjson(gunzip_single_member(data, key), key)
+            out[key] = parse_ndjson(decompress_object(data, key), key)
         return out
 
     def records(self, store_dir: Path | None = None) -> list[dict]:
@@ -583,7 +602,7 @@ class Moto:
             token = r["NextContinuationToken"]
 
     def records_by_key(self, bucket: str, prefix: str = "") -> dict[str, list[dict]]:
-        return {k: parse_ndjson(gunzip_single_member(v, k), k)
+        return {k: parse_ndjson(decompress_object(v, k), k)
                 for k, v in self.objects(bucket, prefix).items()}
 
     def records(self, bucket: str, prefix: str = "") -> list[dict]:

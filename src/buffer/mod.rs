@@ -12,6 +12,7 @@
 pub mod chunk;
 mod config;
 mod dedupe;
+mod encoder;
 mod recover;
 mod seq;
 mod usage;
@@ -154,7 +155,7 @@ impl Buffer {
                     busy: in_hand,
                     target: index,
                     dir: root.join(&target.name),
-                    level: config.compression_level,
+                    codec: (config.compression, config.level()),
                     fsync: config.fsync,
                     seal_bytes: config.seal_bytes.0,
                     seal_age: config.seal_age.0,

@@ -31,7 +31,7 @@ pub(super) fn recover_dir(
     for seq in seqs {
         if shipped.contains(&seq) {
             // Uploaded and retired; a crash came before its data file was removed.
-            chunk::remove_both(&chunk::data_path(dir, seq), &chunk::journal_path(dir, seq))?;
+            chunk::remove_chunk(dir, seq)?;
             continue;
         }
         max = max.max(seq);

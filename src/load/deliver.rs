@@ -19,6 +19,7 @@ use super::ledger::{ErrorKind, Group, Item, ItemResult, LoadFailure};
 use super::rin::{Destination, MatchOutcome, Redshift};
 use super::stats::{Stats, record};
 use super::warehouse::Sessions;
+use crate::common::codec::Codec;
 use crate::common::retry::Backoff;
 use crate::queue::Message;
 use crate::queue::event::{self, ObjectEvent, ParseError, Parsed};
@@ -75,6 +76,8 @@ fn report_unparseable(st: &Stats, id: &str, receive_count: i64, e: &ParseError) 
 struct Batch {
     /// The connection, without the table (a worker keeps one session per connection).
     conn: Redshift,
+    /// The compression the objects' keys name: one COPY reads one compression.
+    codec: Option<Codec>,
     group: Group,
     owners: Vec<Vec<usize>>,
 }
@@ -186,14 +189,15 @@ async fn route(
 /// Adds `item` (of message `mi`) to the group of destination `d`.
 fn add(loader: &Loader, batches: &mut Vec<Batch>, d: Destination, item: &Item, mi: usize) {
     let conn = loader.cfg.target(d.target).redshift.without_table();
-    let bi = match batches
-        .iter()
-        .position(|b| b.conn == conn && b.group.dest.qualified() == d.qualified())
-    {
+    let codec = Codec::of_key(&item.key);
+    let bi = match batches.iter().position(|b| {
+        b.conn == conn && b.codec == codec && b.group.dest.qualified() == d.qualified()
+    }) {
         Some(i) => i,
         None => {
             batches.push(Batch {
                 conn,
+                codec,
                 group: Group {
                     dest: d,
                     items: Vec::new(),

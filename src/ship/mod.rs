@@ -152,7 +152,9 @@ impl Shipper {
             self.backoff(),
             || async {
                 let started = Instant::now();
-                let stored = store.put(&key, &chunk.data_path, chunk.size).await?;
+                let stored = store
+                    .put(&key, &chunk.data_path, chunk.size, chunk.codec)
+                    .await?;
                 metrics::histogram!("rin_upload_seconds").record(started.elapsed().as_secs_f64());
                 anyhow::Ok(stored)
             },

@@ -16,6 +16,7 @@ pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
 
+use crate::common::codec::Codec;
 use anyhow::Result;
 use config::StoreConfig;
 use std::path::Path;
@@ -80,11 +81,11 @@ impl Store {
         })
     }
 
-    /// Uploads the file as the object `key`. Returns only once the store confirmed it, with
-    /// what a notification of it says.
-    pub async fn put(&self, key: &str, path: &Path, size: u64) -> Result<Stored> {
+    /// Uploads the file (`size` bytes in `codec`) as the object `key`. Returns only once the
+    /// store confirmed it, with what a notification of it says.
+    pub async fn put(&self, key: &str, path: &Path, size: u64, codec: Codec) -> Result<Stored> {
         #[cfg(not(feature = "s3"))]
-        let _ = size;
+        let _ = (size, codec);
         match self {
             Store::Local { store, name } => Ok(Stored {
                 etag: store.put(key, path).await?,
@@ -93,7 +94,7 @@ impl Store {
                 event_name: "ObjectCreated:Put",
             }),
             #[cfg(feature = "s3")]
-            Store::S3(s) => s.put(key, path, size).await,
+            Store::S3(s) => s.put(key, path, size, codec).await,
         }
     }
 

@@ -9,14 +9,13 @@
 
 use super::config::S3Config;
 use super::{Body, Fetched, ObjectRef, Stored};
+use crate::common::codec::Codec;
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use std::path::Path;
-
-const CONTENT_TYPE: &str = "application/gzip";
 
 pub struct S3Store {
     client: Client,
@@ -51,7 +50,7 @@ impl S3Store {
 
     /// Uploads the file as `<prefix><key>`; returns the object's bucket, full key and ETag
     /// (from the PutObject or CompleteMultipartUpload answer, without quotes).
-    pub async fn put(&self, key: &str, path: &Path, size: u64) -> Result<Stored> {
+    pub async fn put(&self, key: &str, path: &Path, size: u64, codec: Codec) -> Result<Stored> {
         let key = format!("{}{key}", self.prefix);
         if size < self.multipart_threshold {
             let body = ByteStream::from_path(path)
@@ -62,7 +61,7 @@ impl S3Store {
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
-                .content_type(CONTENT_TYPE)
+                .content_type(codec.content_type())
                 .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .body(body)
                 .send()
@@ -81,7 +80,7 @@ impl S3Store {
                 event_name: "ObjectCreated:Put",
             });
         }
-        let etag = self.put_multipart(&key, path, size).await?;
+        let etag = self.put_multipart(&key, path, size, codec).await?;
         Ok(Stored {
             bucket: self.bucket.clone(),
             key,
@@ -90,13 +89,19 @@ impl S3Store {
         })
     }
 
-    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<String> {
+    async fn put_multipart(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        codec: Codec,
+    ) -> Result<String> {
         let upload = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .content_type(CONTENT_TYPE)
+            .content_type(codec.content_type())
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .send()
             .await

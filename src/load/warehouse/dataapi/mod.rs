@@ -210,13 +210,17 @@ fn batch_statements(
     target: &Target,
     group: &Group,
     pending: &[usize],
-    manifest_url: &str,
+    manifest: &Manifest,
     batch_id: &str,
 ) -> Statements {
     let qualified = group.dest.qualified();
     let ident = ledger.ident();
     let cond = Ledger::objects_condition(&qualified, &group.items, pending);
-    let plan = sql::LoadPlan::new(cfg, target, &qualified, manifest_url);
+    let option = manifest.sql_option(target);
+    let plan = sql::LoadPlan {
+        sql_option: &option,
+        ..sql::LoadPlan::new(cfg, target, &qualified, &manifest.url)
+    };
     let mut sqls = vec![
         format!("LOCK {ident}"),
         format!("SELECT 1 / (CASE WHEN COUNT(*) = 0 THEN 1 ELSE 0 END) FROM {ident} WHERE {cond}"),
@@ -251,13 +255,13 @@ async fn load_batch<T: DataApiTransport, W: ManifestWriter>(
     let qualified = group.dest.qualified();
     let m = Manifest::of_items(cfg, target, &qualified, &group.items, pending);
     manifests
-        .put_manifest(&m.bucket, &m.key, m.body)
+        .put_manifest(&m.bucket, &m.key, m.body.clone())
         .await
         .map_err(|e| {
             LoadFailure::new(ErrorKind::Transient, format!("writing the manifest: {e:#}"))
         })?;
     let batch_id = (api.batch_id)();
-    let st = batch_statements(ledger, cfg, target, group, pending, &m.url, &batch_id);
+    let st = batch_statements(ledger, cfg, target, group, pending, &m, &batch_id);
     for s in &st.kinds[st.loads.clone()] {
         info!(sql = %s, objects = pending.len(), "COPY (Data API)");
     }

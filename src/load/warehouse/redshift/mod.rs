@@ -14,6 +14,7 @@ pub mod sql;
 
 use super::wire::{self, LedgerTx, first_value, pg_failure};
 use super::{Driver, Env, Warehouse, stats};
+use crate::common::codec::Codec;
 use crate::load::ledger::{
     Dialect, ErrorDetail, ErrorKind, Group, Item, ItemResult, LoadFailure, failure::match_file,
 };
@@ -49,7 +50,11 @@ impl Driver for Redshift {
         let q = dest.qualified();
         let m = Manifest::new(cfg, t, &q, objects);
         let mut out = vec![format!("manifest {}: {}", m.url, m.body)];
-        let plan = sql::LoadPlan::new(cfg, t, &q, &m.url);
+        let option = m.sql_option(t);
+        let plan = sql::LoadPlan {
+            sql_option: &option,
+            ..sql::LoadPlan::new(cfg, t, &q, &m.url)
+        };
         out.extend(sql::load_statements(&plan, true));
         out
     }
@@ -62,6 +67,8 @@ pub struct Manifest {
     pub body: String,
     /// `s3://bucket/key`.
     pub url: String,
+    /// The compression every listed key names (`None`: unknown, or not the same for all).
+    pub codec: Option<Codec>,
 }
 
 impl Manifest {
@@ -70,12 +77,30 @@ impl Manifest {
     pub fn new(cfg: &RinConfig, t: &Target, qualified: &str, objects: &[(&str, &str)]) -> Manifest {
         let (bucket, prefix) = cfg.manifest_location(&t.s3.bucket);
         let key = sql::manifest_key(&prefix, qualified, objects);
+        let codecs: Vec<Option<Codec>> = objects.iter().map(|(_, k)| Codec::of_key(k)).collect();
         Manifest {
             url: format!("s3://{bucket}/{key}"),
             body: sql::manifest_json(objects),
             bucket,
             key,
+            codec: codecs
+                .first()
+                .copied()
+                .flatten()
+                .filter(|c| codecs.iter().all(|x| *x == Some(*c))),
         }
+    }
+
+    /// Target `t`'s `sql_option` with the compression of these objects
+    /// ([`sql::fit_compression`]); a keyword that had to change is logged and counted
+    /// (`rin_import_compression_mismatch_total`).
+    pub fn sql_option(&self, t: &Target) -> String {
+        let (option, warning) = sql::fit_compression(&t.sql_option, self.codec);
+        if let Some(w) = warning {
+            metrics::counter!("rin_import_compression_mismatch_total").increment(1);
+            warn!(target = t.index, "{w}");
+        }
+        option
     }
 
     /// The manifest of items `which` of `items`.
@@ -130,12 +155,16 @@ async fn copy(
     let target = env.cfg.target(group.dest.target);
     let m = Manifest::of_items(env.cfg, target, &qualified, &group.items, new);
     env.objects
-        .put_small(&m.bucket, &m.key, m.body)
+        .put_small(&m.bucket, &m.key, m.body.clone())
         .await
         .map_err(|e| {
             LoadFailure::new(ErrorKind::Transient, format!("writing the manifest: {e:#}"))
         })?;
-    let plan = sql::LoadPlan::new(env.cfg, target, &qualified, &m.url);
+    let option = m.sql_option(target);
+    let plan = sql::LoadPlan {
+        sql_option: &option,
+        ..sql::LoadPlan::new(env.cfg, target, &qualified, &m.url)
+    };
     let sqls = sql::load_statements(&plan, false);
     let shown = sql::load_statements(&plan, true);
     let mut counts = Vec::new();

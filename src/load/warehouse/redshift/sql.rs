@@ -4,6 +4,7 @@
 //! drivers (the wire protocol and the Data API) run exactly these statements. Secrets are
 //! replaced by `****` in every rendering meant for people.
 
+use crate::common::codec::Codec;
 use crate::load::rin::{
     Authorization, Credentials, InsertMode, RinConfig, Target, quote_ident, quote_literal,
 };
@@ -112,6 +113,67 @@ pub fn copy_sql(
         s.push_str(opt);
     }
     s
+}
+
+/// The compression keywords of Redshift's COPY.
+const COMPRESSIONS: [&str; 4] = ["GZIP", "BZIP2", "LZOP", "ZSTD"];
+
+/// `sql_option` fitted to the compression of the objects (`codec`, from their keys; `None`:
+/// unknown): a compression keyword naming another codec is replaced (with a warning, as the
+/// second value), and zstd objects get `ZSTD` when the option names none. gzip objects under
+/// an option naming none are left as they are, as Rin leaves them (its configs say `GZIP`).
+pub fn fit_compression(sql_option: &str, codec: Option<Codec>) -> (String, Option<String>) {
+    let Some(codec) = codec else {
+        return (sql_option.to_string(), None);
+    };
+    let want = codec.copy_keyword();
+    // Words outside quoted literals ('...' with '' inside).
+    let mut words: Vec<(usize, usize)> = Vec::new();
+    let (mut in_quote, mut start) = (false, None::<usize>);
+    for (i, c) in sql_option.char_indices().chain([(sql_option.len(), ' ')]) {
+        if c == '\'' {
+            in_quote = !in_quote;
+        }
+        let word = !in_quote && (c.is_ascii_alphanumeric() || c == '_');
+        match (word, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                words.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    let named = words.iter().find(|(s, e)| {
+        COMPRESSIONS
+            .iter()
+            .any(|k| sql_option[*s..*e].eq_ignore_ascii_case(k))
+    });
+    match named {
+        Some((s, e)) if sql_option[*s..*e].eq_ignore_ascii_case(want) => {
+            (sql_option.to_string(), None)
+        }
+        Some((s, e)) => {
+            let warning = format!(
+                "sql_option names {} but the objects are {} ({}): the COPY says {want}",
+                &sql_option[*s..*e],
+                codec.name(),
+                codec.extension()
+            );
+            let fitted = format!("{}{want}{}", &sql_option[..*s], &sql_option[*e..]);
+            (fitted, Some(warning))
+        }
+        None if codec == Codec::Zstd => {
+            let opt = sql_option.trim();
+            let fitted = if opt.is_empty() {
+                want.to_string()
+            } else {
+                format!("{opt} {want}")
+            };
+            (fitted, None)
+        }
+        None => (sql_option.to_string(), None),
+    }
 }
 
 /// Everything the statements loading one manifest into one table depend on.
@@ -842,5 +904,36 @@ targets:
                 assert!(ours.starts_with(&format!("/* rin-ship */ COPY {} FROM '{M}' CREDENTIALS 'aws_access_key_id=AAA;aws_secret_access_key=****' MANIFEST REGION 'ap-northeast-1' ", d[0].qualified())), "{ours}");
             }
         }
+    }
+
+    #[test]
+    fn compression_fits_the_objects() {
+        let fit = |o: &str, c| fit_compression(o, c);
+        assert_eq!(
+            fit("JSON 'auto' GZIP", Some(Codec::Gzip)),
+            ("JSON 'auto' GZIP".into(), None)
+        );
+        assert_eq!(
+            fit("JSON 'auto'", Some(Codec::Gzip)),
+            ("JSON 'auto'".into(), None)
+        );
+        assert_eq!(
+            fit("JSON 'auto'", Some(Codec::Zstd)),
+            ("JSON 'auto' ZSTD".into(), None)
+        );
+        assert_eq!(fit("", Some(Codec::Zstd)), ("ZSTD".into(), None));
+        assert_eq!(fit("json 'auto' zstd", Some(Codec::Zstd)).1, None);
+        let (o, w) = fit("JSON 'auto' GZIP TIMEFORMAT 'auto'", Some(Codec::Zstd));
+        assert_eq!(o, "JSON 'auto' ZSTD TIMEFORMAT 'auto'");
+        assert!(w.unwrap().contains("names GZIP but the objects are zstd"));
+        let (o, w) = fit("CSV ZSTD", Some(Codec::Gzip));
+        assert_eq!(o, "CSV GZIP");
+        assert!(w.is_some());
+        // A keyword inside a literal is no keyword.
+        assert_eq!(
+            fit("JSON 's3://b/gzip/paths.json'", Some(Codec::Zstd)).0,
+            "JSON 's3://b/gzip/paths.json' ZSTD"
+        );
+        assert_eq!(fit("GZIP", None), ("GZIP".into(), None));
     }
 }
