@@ -6,8 +6,13 @@
 //!   INSERT INTO ledger (one row per object); COMMIT;
 //! ```
 //!
-//! The lock serializes every importer on that warehouse, so two of them can never both find an
-//! object missing and load it. A ledger row is keyed by (bucket, object_key, etag, version_id,
+//! The lock serializes the importers loading into one target table, so two of them can never
+//! both find an object missing and load it. On PostgreSQL it is a transaction-scoped advisory
+//! lock per target table, so loads into different tables run side by side (their ledger rows
+//! never collide: the target is part of the key). On Redshift it is `LOCK` on the ledger:
+//! every load reads and writes the ledger, and two concurrent transactions doing so would make
+//! Redshift's serializable isolation abort one of them (error 1023), so there loads stay one
+//! at a time per warehouse (the COPYs themselves use every slice of the cluster). A ledger row is keyed by (bucket, object_key, etag, version_id,
 //! target): the same bytes under the same key load once per target table; new content under
 //! the same key (another ETag) loads again. Every load of one group shares one `batch_id`.
 //!
@@ -24,9 +29,7 @@ pub mod quarantine;
 
 pub use failure::{ErrorDetail, ErrorKind, LoadFailure};
 
-#[cfg(feature = "redshift")]
-use super::rin::quote_literal;
-use super::rin::{Destination, RinConfig, quote_ident, split_qualified};
+use super::rin::{Destination, RinConfig, quote_ident, quote_literal, split_qualified};
 use crate::store::ObjectRef;
 
 /// One object to load into one destination.
@@ -165,11 +168,33 @@ impl Ledger {
         }
     }
 
-    /// The lock that serializes loads on this warehouse (SQLite: `BEGIN IMMEDIATE` instead).
-    pub fn lock(&self) -> Option<String> {
+    /// A query whose one value is true when the ledger and its index exist already, where the
+    /// dialect can tell without taking a lock: on PostgreSQL even `CREATE INDEX IF NOT EXISTS`
+    /// waits for every load in flight (its lock conflicts with their ledger INSERTs).
+    pub fn exists(&self) -> Option<String> {
+        match self.dialect {
+            Dialect::Postgres => Some(format!(
+                "SELECT to_regclass({}) IS NOT NULL AND to_regclass({}) IS NOT NULL",
+                quote_literal(&self.ident()),
+                quote_literal(&format!(
+                    "{}.{}",
+                    quote_ident(&self.schema),
+                    quote_ident(&format!("{}_object", self.table))
+                ))
+            )),
+            Dialect::Redshift | Dialect::Sqlite => None,
+        }
+    }
+
+    /// The lock a load into `target` (the quoted table) takes first, held to the end of its
+    /// transaction (SQLite: `BEGIN IMMEDIATE` instead).
+    pub fn lock(&self, target: &str) -> Option<String> {
         let ledger = self.ident();
         match self.dialect {
-            Dialect::Postgres => Some(format!("LOCK TABLE {ledger} IN SHARE ROW EXCLUSIVE MODE")),
+            Dialect::Postgres => Some(format!(
+                "SELECT pg_advisory_xact_lock({})",
+                advisory_key(&ledger, target)
+            )),
             Dialect::Redshift => Some(format!("LOCK {ledger}")),
             Dialect::Sqlite => None,
         }
@@ -276,6 +301,19 @@ impl Ledger {
     }
 }
 
+/// The advisory lock key of loads into `target` under `ledger`: the same in every importer (the
+/// first 8 bytes of a SHA-256), so racing importers meet on it. Two tables sharing a key (one
+/// chance in 2^64) would only wait for each other.
+fn advisory_key(ledger: &str, target: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"rin-ship ledger\n");
+    h.update(ledger.as_bytes());
+    h.update(b"\n");
+    h.update(target.as_bytes());
+    i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
 /// The results of one group's load as they are found: the same object twice in a group loads
 /// once (the repeat is a duplicate), and what the ledger holds is a duplicate too.
 #[derive(Debug)]
@@ -370,17 +408,24 @@ mod tests {
              $8, now())"
         );
         assert_eq!(pg.ddl().len(), 3);
+        // One advisory lock per target table: the same for every importer, another for
+        // another table.
+        let a = pg.lock("\"public\".\"a\"").unwrap();
+        assert!(a.starts_with("SELECT pg_advisory_xact_lock("), "{a}");
         assert_eq!(
-            pg.lock().unwrap(),
-            "LOCK TABLE \"rin\".\"led\" IN SHARE ROW EXCLUSIVE MODE"
+            a,
+            Ledger::new(&cfg, Dialect::Postgres)
+                .lock("\"public\".\"a\"")
+                .unwrap()
         );
+        assert_ne!(a, pg.lock("\"public\".\"b\"").unwrap());
         let rs = Ledger::new(&cfg, Dialect::Redshift);
-        assert_eq!(rs.lock().unwrap(), "LOCK \"rin\".\"led\"");
+        assert_eq!(rs.lock("\"public\".\"a\"").unwrap(), "LOCK \"rin\".\"led\"");
         assert_eq!(rs.ddl().len(), 2, "no unique index on Redshift");
         assert!(rs.insert().ends_with("$8, SYSDATE)"));
         let lite = Ledger::new(&cfg, Dialect::Sqlite);
         assert_eq!(lite.ident(), "\"led\"");
-        assert!(lite.lock().is_none());
+        assert!(lite.lock("\"t\"").is_none());
         assert!(lite.lookup().ends_with("version_id = ?4 AND target = ?5"));
         assert!(lite.ddl()[1].starts_with("CREATE UNIQUE INDEX IF NOT EXISTS \"led_object\""));
     }

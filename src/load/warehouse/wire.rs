@@ -159,6 +159,15 @@ impl From<tokio_postgres::Error> for LoadFailure {
 
 /// Creates the ledger if missing (racing importers: a failed CREATE is retried).
 pub async fn ensure_ledger(client: &Client, ledger: &Ledger) -> Result<(), LoadFailure> {
+    if let Some(exists) = ledger.exists() {
+        let row = client
+            .query_one(&exists, &[])
+            .await
+            .map_err(|e| pg_failure(&e, false, "looking for the ledger"))?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+    }
     let ddl = ledger.ddl().join(";\n");
     for attempt in 0..3 {
         match client.batch_execute(&ddl).await {
@@ -199,10 +208,10 @@ impl<'c> LedgerTx<'c> {
     ) -> Result<LedgerTx<'c>, LoadFailure> {
         let target = group.dest.qualified();
         let tx = client.transaction().await?;
-        if let Some(lock) = ledger.lock() {
+        if let Some(lock) = ledger.lock(&target) {
             tx.batch_execute(&lock)
                 .await
-                .map_err(|e| pg_failure(&e, false, &format!("LOCK {}", ledger.ident())))?;
+                .map_err(|e| pg_failure(&e, false, &format!("locking {target}'s ledger rows")))?;
         }
         let mut pending = Pending::new(&group.items);
         let lookup = ledger.lookup();
@@ -256,6 +265,12 @@ impl<'c> LedgerTx<'c> {
 
     /// COMMIT; the results in group order.
     pub async fn commit(self) -> Result<Vec<ItemResult>, LoadFailure> {
+        if std::env::var("RIN_SHIP_FAILPOINT").as_deref() == Ok("pause_before_commit") {
+            // Test hook: a load in flight, its lock held, its rows not committed; a test
+            // checks what other loads do meanwhile, then kills the process.
+            warn!(target = %self.target, "failpoint pause_before_commit: holding the load open");
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
         self.tx
             .commit()
             .await

@@ -222,7 +222,9 @@ fn batch_statements(
         ..sql::LoadPlan::new(cfg, target, &qualified, &manifest.url)
     };
     let mut sqls = vec![
-        format!("LOCK {ident}"),
+        ledger
+            .lock(&qualified)
+            .expect("a Redshift ledger has a lock"),
         format!("SELECT 1 / (CASE WHEN COUNT(*) = 0 THEN 1 ELSE 0 END) FROM {ident} WHERE {cond}"),
     ];
     let mut kinds = vec!["LOCK".to_string(), "ledger guard".to_string()];
