@@ -18,6 +18,21 @@ pub struct Column {
     pub default: Option<String>,
     /// Identity or generated: never written.
     pub skip: bool,
+    pub kind: ColumnKind,
+}
+
+/// How a JSON value becomes the input text of a column (see `rows.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `json` / `jsonb`: the value's JSON text.
+    Json,
+    /// An array type: a JSON array becomes an array literal.
+    Array,
+    /// Every other base, enum, range or domain type: a string's text, or the JSON text.
+    Scalar,
+    /// A composite type (`jsonb_populate_record` builds it from an object): only the jsonb
+    /// stage loads tables with one.
+    Other,
 }
 
 /// The columns of `qualified`, in order (a missing table is the server's "does not exist").
@@ -28,9 +43,14 @@ pub async fn table_columns(
     let rows = tx
         .query(
             "SELECT a.attname::text, pg_get_expr(d.adbin, d.adrelid), \
-                    (a.attidentity <> '' OR a.attgenerated <> '') \
+                    (a.attidentity <> '' OR a.attgenerated <> ''), \
+                    CASE WHEN b.typname IN ('json', 'jsonb') THEN 'json' \
+                         WHEN b.typcategory = 'A' THEN 'array' \
+                         WHEN b.typtype = 'c' THEN 'other' ELSE 'scalar' END \
              FROM pg_attribute a LEFT JOIN pg_attrdef d \
                ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
             &[&qualified],
@@ -49,6 +69,12 @@ pub async fn table_columns(
             name: r.get(0),
             default: r.get(1),
             skip: r.get(2),
+            kind: match r.get::<_, &str>(3) {
+                "json" => ColumnKind::Json,
+                "array" => ColumnKind::Array,
+                "other" => ColumnKind::Other,
+                _ => ColumnKind::Scalar,
+            },
         })
         .collect())
 }
@@ -134,6 +160,77 @@ pub fn keyed_sql(
     order: &str,
 ) -> Result<KeyedSql> {
     let (names, exprs) = select_list(qualified, columns, catch_all)?;
+    let selected: Vec<String> = names
+        .iter()
+        .zip(&exprs)
+        .map(|(n, e)| format!("{e} AS {n}"))
+        .collect();
+    let rows = format!(
+        "SELECT s.n AS rin_ship_n, {} FROM rin_ship_stage s, \
+         LATERAL jsonb_populate_record(NULL::{qualified}, s.doc) r WHERE s.doc IS NOT NULL",
+        selected.join(", ")
+    );
+    keyed_over(
+        qualified,
+        columns,
+        catch_all,
+        &names,
+        &rows,
+        (keep, keys, order),
+    )
+}
+
+/// The typed stage of the keyed modes on the direct path: the table's columns (and their
+/// defaults), plus each row's stage position.
+pub fn typed_stage_ddl(qualified: &str) -> String {
+    format!(
+        "CREATE TEMP TABLE {TYPED} (LIKE {qualified} INCLUDING DEFAULTS, rin_ship_n bigint) \
+         ON COMMIT DROP"
+    )
+}
+
+/// The typed stage's name.
+pub const TYPED: &str = "rin_ship_typed";
+
+/// [`keyed_sql`] over the typed stage ([`typed_stage_ddl`]), whose rows are already the
+/// table's values.
+pub fn keyed_typed_sql(
+    qualified: &str,
+    columns: &[Column],
+    catch_all: &str,
+    keep: bool,
+    keys: &[String],
+    order: &str,
+) -> Result<KeyedSql> {
+    let (names, _) = select_list(qualified, columns, catch_all)?;
+    let rows = format!(
+        "SELECT s.rin_ship_n, {} FROM {TYPED} s",
+        names
+            .iter()
+            .map(|n| format!("s.{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    keyed_over(
+        qualified,
+        columns,
+        catch_all,
+        &names,
+        &rows,
+        (keep, keys, order),
+    )
+}
+
+/// The keyed statements over `rows`, a query giving `rin_ship_n` and the written columns
+/// `names`.
+fn keyed_over(
+    qualified: &str,
+    columns: &[Column],
+    catch_all: &str,
+    names: &[String],
+    rows: &str,
+    (keep, keys, order): (bool, &[String], &str),
+) -> Result<KeyedSql> {
     let writable = |c: &str| columns.iter().any(|x| x.name == c && !x.skip) && c != catch_all;
     for k in keys {
         if !writable(k) {
@@ -154,18 +251,11 @@ pub fn keyed_sql(
         order_by.push(format!("c.{} {dir} NULLS LAST", quote_ident(order)));
     }
     order_by.push(format!("c.rin_ship_n {dir}"));
-    let selected: Vec<String> = names
-        .iter()
-        .zip(&exprs)
-        .map(|(n, e)| format!("{e} AS {n}"))
-        .collect();
     let null_keys: String = keys.iter().map(|k| format!(" OR w.{k} IS NULL")).collect();
     let pick = format!(
         "CREATE TEMP TABLE {PICK} ON COMMIT DROP AS SELECT w.rin_ship_n, {} FROM (\
          SELECT c.*, row_number() OVER (PARTITION BY {} ORDER BY {}) AS rin_ship_rn FROM (\
-         SELECT s.n AS rin_ship_n, {} FROM rin_ship_stage s, \
-         LATERAL jsonb_populate_record(NULL::{qualified}, s.doc) r WHERE s.doc IS NOT NULL) c\
-         ) w WHERE w.rin_ship_rn = 1{null_keys}",
+         {rows}) c) w WHERE w.rin_ship_rn = 1{null_keys}",
         names
             .iter()
             .map(|n| format!("w.{n}"))
@@ -176,7 +266,6 @@ pub fn keyed_sql(
             .collect::<Vec<_>>()
             .join(", "),
         order_by.join(", "),
-        selected.join(", "),
     );
     let on = keys
         .iter()
@@ -220,21 +309,25 @@ mod tests {
                 name: "id".into(),
                 default: None,
                 skip: true,
+                kind: ColumnKind::Scalar,
             },
             Column {
                 name: "time".into(),
                 default: None,
                 skip: false,
+                kind: ColumnKind::Scalar,
             },
             Column {
                 name: "status".into(),
                 default: Some("0".into()),
                 skip: false,
+                kind: ColumnKind::Scalar,
             },
             Column {
                 name: "extra".into(),
                 default: None,
                 skip: false,
+                kind: ColumnKind::Scalar,
             },
         ];
         let s = insert_sql("\"public\".\"t\"", &cols, "extra").unwrap();
@@ -257,6 +350,7 @@ mod tests {
                 name: n.to_string(),
                 default: None,
                 skip: false,
+                kind: ColumnKind::Scalar,
             })
             .collect()
     }

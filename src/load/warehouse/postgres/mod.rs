@@ -1,19 +1,27 @@
-//! PostgreSQL as a warehouse: rin-ship reads each object itself and streams it, decompressed,
-//! into `COPY rin_ship_stage(doc) FROM STDIN` ([`stage`]), then moves the staged documents
-//! into the table in the target's insert mode ([`columns`]), inside the ledger transaction
-//! ([`super::wire::LedgerTx`]). A data error the server gives no line for is explained by
-//! [`explain`].
+//! PostgreSQL as a warehouse: rin-ship reads each object itself, decompresses it and writes
+//! its lines into the table, inside the ledger transaction ([`super::wire::LedgerTx`]), in the
+//! target's insert mode:
 //!
-//! - `APPEND` and `TRUNCATE` stage and insert object by object (one ledger row each, with its
-//!   row count; `TRUNCATE` empties the table with `DELETE` in the same transaction first).
+//! - `APPEND` and `TRUNCATE` write object by object (one ledger row each, with its row count;
+//!   `TRUNCATE` empties the table with `DELETE` in the same transaction first).
 //! - `KEEP_EXISTING` / `OVERWRITE_EXISTING` stage every new object, in order, then pick one
 //!   row per key and write it (ledger rows carry each object's rows that were written).
+//!
+//! Two ways to write the lines, with the same results: [`direct`] (rin-ship turns each line
+//! into a COPY row itself, [`rows`], so the server parses no JSON: into the table, or a typed
+//! stage for the keyed modes), and [`jsonb`] (each line staged as `jsonb`, then
+//! `jsonb_populate_record`), which tables with a composite column take. A data error the server
+//! gives no line for is explained by [`explain`].
 //!
 //! Must never: write a row outside the ledger transaction; `TRUNCATE` (it would commit, and
 //! readers would see an empty table).
 
 pub mod columns;
+mod copy;
+mod direct;
 mod explain;
+mod jsonb;
+mod rows;
 mod stage;
 
 use super::wire::{self, LedgerTx, pg_failure};
@@ -21,9 +29,8 @@ use super::{Driver, Env, Warehouse, open_object};
 use crate::load::ledger::{Dialect, ErrorKind, Group, ItemResult, LoadFailure};
 use crate::load::rin::{Destination, InsertMode, Redshift, RinConfig};
 use async_trait::async_trait;
-use columns::{insert_sql, keyed_sql, pick_counts_sql, table_columns};
-use stage::{STAGE_DDL, reset_stage, stage};
-use tracing::{debug, info};
+use columns::{Column, insert_sql, table_columns};
+use stage::STAGE_DDL;
 
 /// The PostgreSQL driver (`rin_ship.warehouse: postgres`).
 pub struct Postgres;
@@ -70,10 +77,16 @@ impl Warehouse for Session {
         let loaded = self
             .0
             .load_in_transaction(env, group, async |ltx, _new| {
-                if mode.keyed() {
-                    load_keyed(ltx, env, group, mode).await
-                } else {
-                    load_each(ltx, env, group, mode).await
+                let qualified = group.dest.qualified();
+                let (cols, insert) = prepare(ltx, env, &qualified).await?;
+                let catch_all = env.cfg.ext.catch_all_column.as_str();
+                match rows::Layout::new(&cols, catch_all) {
+                    Some(layout) if mode.keyed() => {
+                        direct::load_keyed(ltx, env, group, mode, &cols, &layout).await
+                    }
+                    Some(layout) => direct::load_each(ltx, env, group, mode, &layout).await,
+                    None if mode.keyed() => jsonb::load_keyed(ltx, env, group, mode, &cols).await,
+                    None => jsonb::load_each(ltx, env, group, mode, &insert).await,
                 }
             })
             .await;
@@ -90,14 +103,14 @@ impl Warehouse for Session {
     }
 }
 
-/// What every insert mode starts from: the stage exists, the table's columns are known, and
-/// the plain insert of staged rows is written (which checks the catch-all column before any
-/// object is read).
+/// What every insert mode starts from: the jsonb stage exists (the explanation of a failure
+/// uses it whatever the path), the table's columns are known, and the plain insert of staged
+/// rows is written (which checks the catch-all column before any object is read).
 async fn prepare(
     ltx: &LedgerTx<'_>,
     env: &Env<'_>,
     qualified: &str,
-) -> Result<(Vec<columns::Column>, String), LoadFailure> {
+) -> Result<(Vec<Column>, String), LoadFailure> {
     ltx.tx.batch_execute(STAGE_DDL).await?;
     let cols = table_columns(&ltx.tx, qualified).await?;
     let insert = insert_sql(qualified, &cols, &env.cfg.ext.catch_all_column)?;
@@ -105,7 +118,7 @@ async fn prepare(
 }
 
 /// Opens new object `i`; one that is gone is settled as such.
-async fn open_new(
+pub(super) async fn open_new(
     ltx: &mut LedgerTx<'_>,
     env: &Env<'_>,
     group: &Group,
@@ -118,81 +131,20 @@ async fn open_new(
     Ok(body)
 }
 
-/// `APPEND` / `TRUNCATE`: each new object staged and inserted on its own.
-async fn load_each(
+/// The keyed modes' second half, whichever stage the rows are in: pick one row per key,
+/// delete what the mode replaces, insert the pick, then each object's ledger row with the rows
+/// of it that were written. `ranges`: (item, first, last stage position) of each staged object.
+async fn write_picked(
     ltx: &mut LedgerTx<'_>,
-    env: &Env<'_>,
     group: &Group,
     mode: InsertMode,
+    sql: &columns::KeyedSql,
+    ranges: &[(usize, i64, i64)],
 ) -> Result<u64, LoadFailure> {
-    let qualified = group.dest.qualified();
-    let (_, ins) = prepare(ltx, env, &qualified).await?;
-    let mut emptied = false;
-    let mut loaded_rows = 0;
-    for i in ltx.pending.new.clone() {
-        let it = &group.items[i];
-        let Some(body) = open_new(ltx, env, group, i).await? else {
-            continue;
-        };
-        reset_stage(&ltx.tx).await?;
-        let staged = stage(&ltx.tx, body, it, i).await?;
-        if mode == InsertMode::Truncate && !emptied {
-            // DELETE, not TRUNCATE: readers keep seeing the old rows until the COMMIT.
-            let n = ltx
-                .tx
-                .execute(&format!("DELETE FROM {qualified}"), &[])
-                .await
-                .map_err(|e| pg_failure(&e, false, &format!("emptying {qualified}")))?;
-            info!(table = %qualified, deleted = n, "TRUNCATE mode: table emptied in the load's transaction");
-            emptied = true;
-        }
-        let rows = match ltx.tx.execute(&ins, &[]).await {
-            Ok(n) => n,
-            Err(e) => return Err(insert_failure(&qualified, &e, [i])),
-        };
-        ltx.record(it, Some(rows as i64), None).await?;
-        debug!(object = %it.url(), table = %qualified, rows, staged, "written (commits with the group)");
-        loaded_rows += rows;
-        ltx.pending.settle(i, ItemResult::Loaded(Some(rows)));
-    }
-    Ok(loaded_rows)
-}
-
-/// `KEEP_EXISTING` / `OVERWRITE_EXISTING`: every new object staged in order, then one row per
-/// key picked and written.
-async fn load_keyed(
-    ltx: &mut LedgerTx<'_>,
-    env: &Env<'_>,
-    group: &Group,
-    mode: InsertMode,
-) -> Result<u64, LoadFailure> {
-    let qualified = group.dest.qualified();
-    let target = env.cfg.target(group.dest.target);
-    let (cols, _) = prepare(ltx, env, &qualified).await?;
-    let sql = keyed_sql(
-        &qualified,
-        &cols,
-        &env.cfg.ext.catch_all_column,
-        mode == InsertMode::KeepExisting,
-        &target.key_columns,
-        &target.order_column,
-    )?;
-    reset_stage(&ltx.tx).await?;
-    // (item, first position, last position) of each staged object.
-    let mut ranges: Vec<(usize, i64, i64)> = Vec::new();
-    let mut next = 1i64;
-    for i in ltx.pending.new.clone() {
-        let it = &group.items[i];
-        let Some(body) = open_new(ltx, env, group, i).await? else {
-            continue;
-        };
-        let lines = stage(&ltx.tx, body, it, i).await? as i64;
-        ranges.push((i, next, next + lines - 1));
-        next += lines;
-    }
     if ranges.is_empty() {
         return Ok(0);
     }
+    let qualified = group.dest.qualified();
     let tx = &ltx.tx;
     let written = async {
         tx.batch_execute(&sql.pick).await?;
@@ -207,27 +159,39 @@ async fn load_keyed(
     };
     let per: Vec<(i64, i64)> = ranges.iter().map(|&(_, a, b)| (a, b)).collect();
     let counts = tx
-        .query_one(&pick_counts_sql(&per), &[])
+        .query_one(&columns::pick_counts_sql(&per), &[])
         .await
         .map_err(|e| pg_failure(&e, false, "counting the written rows"))?;
     for (k, &(i, a, b)) in ranges.iter().enumerate() {
         let n: i64 = counts.get(k);
         ltx.record(&group.items[i], Some(n), Some(rows as i64))
             .await?;
-        debug!(object = %group.items[i].url(), table = %qualified, rows = n, staged = b - a + 1, mode = mode.name(), "written (commits with the group)");
+        tracing::debug!(object = %group.items[i].url(), table = %qualified, rows = n, staged = b - a + 1, mode = mode.name(), "written (commits with the group)");
         ltx.pending.settle(i, ItemResult::Loaded(Some(n as u64)));
     }
     if mode == InsertMode::OverwriteExisting {
-        info!(table = %qualified, replaced = gone, written = rows, "rows replaced by key");
+        tracing::info!(table = %qualified, replaced = gone, written = rows, "rows replaced by key");
     } else {
-        info!(table = %qualified, skipped_existing = gone, written = rows, "rows with a known key skipped");
+        tracing::info!(table = %qualified, skipped_existing = gone, written = rows, "rows with a known key skipped");
     }
     Ok(rows)
 }
 
+/// `DELETE FROM` the table (`TRUNCATE` mode), in the load's transaction: readers keep seeing
+/// the old rows until the COMMIT.
+async fn empty_table(ltx: &LedgerTx<'_>, qualified: &str) -> Result<(), LoadFailure> {
+    let n = ltx
+        .tx
+        .execute(&format!("DELETE FROM {qualified}"), &[])
+        .await
+        .map_err(|e| pg_failure(&e, false, &format!("emptying {qualified}")))?;
+    tracing::info!(table = %qualified, deleted = n, "TRUNCATE mode: table emptied in the load's transaction");
+    Ok(())
+}
+
 /// The failure of writing the staged rows of `staged` (in stage order): a data error without
 /// a line is explained later, by [`explain::explain`].
-fn insert_failure(
+pub(super) fn insert_failure(
     qualified: &str,
     e: &tokio_postgres::Error,
     staged: impl IntoIterator<Item = usize>,
