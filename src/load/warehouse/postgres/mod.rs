@@ -16,13 +16,14 @@ pub mod columns;
 mod explain;
 mod stage;
 
+use super::dry_run::LedgerShown;
 use super::wire::{self, LedgerTx, pg_failure};
 use super::{Driver, Env, Warehouse, open_object};
 use crate::load::ledger::{Dialect, ErrorKind, Group, ItemResult, LoadFailure};
 use crate::load::rin::{Destination, InsertMode, Redshift, RinConfig};
 use async_trait::async_trait;
 use columns::{insert_sql, keyed_sql, pick_counts_sql, table_columns};
-use stage::{STAGE_DDL, reset_stage, stage};
+use stage::{STAGE_COPY, STAGE_DDL, STAGE_RESET, reset_stage, stage};
 use tracing::{debug, info};
 
 /// The PostgreSQL driver (`rin_ship.warehouse: postgres`).
@@ -42,20 +43,50 @@ impl Driver for Postgres {
 
     fn dry_run(
         &self,
-        _cfg: &RinConfig,
+        cfg: &RinConfig,
         dest: &Destination,
         objects: &[(&str, &str)],
     ) -> Vec<String> {
         let q = dest.qualified();
-        let mut out = Vec::new();
-        for (bucket, key) in objects {
-            out.push(format!(
-                "COPY rin_ship_stage (doc) FROM STDIN WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')  -- s3://{bucket}/{key}, decompressed"
-            ));
-        }
+        let mode = cfg.target(dest.target).insert_mode;
+        let shown = LedgerShown::new(cfg, Dialect::Postgres, dest, objects);
+        let mut out = shown.on_connect();
+        out.extend(shown.begin());
+        out.push(STAGE_DDL.to_string());
         out.push(format!(
-            "INSERT INTO {q} (<columns of {q}>) SELECT ... FROM rin_ship_stage s, LATERAL jsonb_populate_record(NULL::{q}, s.doc) r"
+            "-- reads the columns of {q} (pg_attribute, pg_attrdef)"
         ));
+        let copy =
+            |bucket: &str, key: &str| format!("{STAGE_COPY}  -- s3://{bucket}/{key}, decompressed");
+        let insert = format!(
+            "INSERT INTO {q} (<columns of {q}>) SELECT ... FROM rin_ship_stage s, LATERAL jsonb_populate_record(NULL::{q}, s.doc) r"
+        );
+        if mode.keyed() {
+            for (bucket, key) in objects {
+                out.push(copy(bucket, key));
+            }
+            out.push(format!(
+                "-- one row per key picked into rin_ship_pick, then DELETE ... USING and \
+                 {insert} FROM rin_ship_pick (the statements follow the columns of {q})"
+            ));
+            out.extend(shown.record(
+                "the rows written from the object",
+                "the rows the load wrote",
+            ));
+        } else {
+            if mode == InsertMode::Truncate {
+                out.push(format!(
+                    "DELETE FROM {q}  -- before the first object's rows"
+                ));
+            }
+            for (i, (bucket, key)) in objects.iter().enumerate() {
+                out.push(STAGE_RESET.to_string());
+                out.push(copy(bucket, key));
+                out.push(insert.clone());
+                out.push(shown.record("the rows written from the object", "NULL")[i].clone());
+            }
+        }
+        out.push("COMMIT".to_string());
         out
     }
 }
