@@ -98,7 +98,7 @@ enum Command {
         #[arg(long, env = "RIN_DEBUG", value_parser = load::rin::flags::parse_rin_bool)]
         debug: bool,
         /// Run as an AWS Lambda function for SQS events (custom runtime; docs/lambda.md).
-        /// Automatic when AWS_LAMBDA_RUNTIME_API is set. A dry run never is the handler. Needs
+        /// Automatic when AWS_LAMBDA_RUNTIME_API is set. A dry run is never the handler. Needs
         /// a build with `--features lambda`.
         #[arg(long)]
         lambda: bool,
