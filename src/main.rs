@@ -48,10 +48,15 @@ enum Command {
         #[arg(long, short, env = "RIN_SHIP_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Check a config file and print the effective configuration, then exit.
+    /// Check a config file and print the effective configuration, then exit. An import (Rin)
+    /// config is recognised by its keys (`queue_name`, `redshift`, ...), or with --import.
     CheckConfig {
         #[arg(long, short, env = "RIN_SHIP_CONFIG")]
         config: Option<PathBuf>,
+        /// The file is an import config (`rin-ship import`'s Rin config); without -c, RIN_CONFIG
+        /// or ./config.yaml, as `import` finds it.
+        #[arg(long)]
+        import: bool,
     },
     /// Run one SQL statement on the embedded warehouse (<data_dir>/warehouse.db, read-only)
     /// and print the rows: a header, then tab-separated values.
@@ -72,25 +77,29 @@ enum Command {
     /// exactly once. Takes a Rin config file (plus rin-ship's `rin_ship:` keys).
     #[cfg(all(feature = "s3", feature = "sqs"))]
     Import {
-        /// Rin YAML config: a local path, an http(s):// URL or s3://bucket/key.
-        #[arg(long, short, env = "RIN_CONFIG")]
+        /// Rin YAML config: a local path, an http(s):// URL or s3://bucket/key (Rin's default:
+        /// ./config.yaml).
+        #[arg(long, short, env = "RIN_CONFIG", default_value = "config.yaml")]
         config: String,
         /// Exit once the queue is empty (after a long poll that found nothing).
-        #[arg(long, env = "RIN_BATCH", value_parser = clap::builder::BoolishValueParser::new())]
+        #[arg(long, env = "RIN_BATCH", value_parser = load::rin::flags::parse_rin_bool)]
         batch: bool,
         /// Stop receiving after this long (e.g. 10m), finish the loads in flight, exit.
         #[arg(long, env = "RIN_MAX_EXECUTION_TIME", value_parser = common::units::parse_duration)]
         max_execution_time: Option<std::time::Duration>,
-        /// Print the target and the exact SQL (secrets masked) for these keys
-        /// (`s3://bucket/key`, or a key in the first target's bucket), then exit.
-        #[arg(long, num_args = 1.., value_name = "KEY")]
-        dry_run: Vec<String>,
+        /// Load nothing: list the targets (as Rin's -dry-run), and for each KEY given where it
+        /// would load and the whole transaction that would run (secrets masked), then exit.
+        #[arg(long, env = "RIN_DRY_RUN", value_parser = load::rin::flags::parse_rin_bool)]
+        dry_run: bool,
+        /// Keys for --dry-run: `s3://bucket/key`, or a key in the first target's bucket.
+        #[arg(value_name = "KEY")]
+        keys: Vec<String>,
         /// Debug logging for rin-ship (as `RIN_SHIP_LOG=debug`, for rin-ship's own logs).
-        #[arg(long, env = "RIN_DEBUG", value_parser = clap::builder::BoolishValueParser::new())]
+        #[arg(long, env = "RIN_DEBUG", value_parser = load::rin::flags::parse_rin_bool)]
         debug: bool,
         /// Run as an AWS Lambda function for SQS events (custom runtime; docs/lambda.md).
-        /// Automatic when AWS_LAMBDA_RUNTIME_API is set (except with --dry-run). Needs a build
-        /// with `--features lambda`.
+        /// Automatic when AWS_LAMBDA_RUNTIME_API is set. A dry run is never the handler. Needs
+        /// a build with `--features lambda`.
         #[arg(long)]
         lambda: bool,
     },
@@ -135,16 +144,44 @@ enum Command {
 
 /// `import --lambda` (or AWS_LAMBDA_RUNTIME_API set): the Lambda handler.
 #[cfg(feature = "lambda")]
-fn lambda_import(config: String) -> anyhow::Result<()> {
-    load::lambda::main(config)
+fn lambda_import(config: String, batch: bool) -> anyhow::Result<()> {
+    load::lambda::main(config, batch)
 }
 
 #[cfg(all(feature = "s3", feature = "sqs", not(feature = "lambda")))]
-fn lambda_import(_config: String) -> anyhow::Result<()> {
+fn lambda_import(_config: String, _batch: bool) -> anyhow::Result<()> {
     Err(anyhow::anyhow!(
         "this rin-ship was built without the Lambda handler (AWS_LAMBDA_RUNTIME_API is set, or \
          --lambda): build it with `cargo build --release --features lambda`"
     ))
+}
+
+/// Whether `check-config -c FILE` names an import (Rin) config rather than serve's.
+fn is_import_config(config: &Option<PathBuf>) -> bool {
+    config.as_deref().is_some_and(|p| {
+        let text = p.to_str().unwrap_or_default();
+        // serve reads local files only: a URL is an import config (Rin's -config takes one).
+        ["http://", "https://", "s3://", "file://"]
+            .iter()
+            .any(|s| text.starts_with(s))
+            || std::fs::read_to_string(p).is_ok_and(|t| load::rin::check::is_import_config(&t))
+    })
+}
+
+/// `check-config` of an import config: loaded as `rin-ship import` loads it, then reported.
+fn check_import_config(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let location = config
+        .map(|p| p.to_string_lossy().into_owned())
+        .or_else(|| std::env::var("RIN_CONFIG").ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "config.yaml".to_string());
+    #[cfg(all(feature = "s3", feature = "sqs"))]
+    let cfg = load::rin::RinConfig::load_from_quietly(&location)?;
+    #[cfg(not(all(feature = "s3", feature = "sqs")))]
+    let cfg = load::rin::RinConfig::load_quietly(std::path::Path::new(&location))?;
+    for line in load::rin::check::report(&cfg) {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -191,7 +228,10 @@ fn main() -> ExitCode {
                 let mut out = std::io::stdout().lock();
                 ops::query::run(&dir.join("warehouse.db"), &sql, json, &mut out)
             }),
-        Command::CheckConfig { config } => config::Config::load(config.as_deref()).map(|c| {
+        Command::CheckConfig { config, import } if import || is_import_config(&config) => {
+            check_import_config(config)
+        }
+        Command::CheckConfig { config, .. } => config::Config::load(config.as_deref()).map(|c| {
             println!(
                 "config ok: {} target(s), {} store(s)",
                 c.targets.len(),
@@ -210,19 +250,23 @@ fn main() -> ExitCode {
             batch,
             max_execution_time,
             dry_run,
+            keys,
             debug: _,
             lambda,
         } => {
-            if lambda
-                || (dry_run.is_empty() && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some())
+            // A dry run is never the handler: it must load nothing, wherever it runs.
+            if !dry_run
+                && (lambda || std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some())
+                && keys.is_empty()
             {
-                lambda_import(config)
+                lambda_import(config, batch)
             } else {
                 load::import::main(load::import::ImportArgs {
                     config,
                     batch,
                     max_execution_time,
                     dry_run,
+                    keys,
                 })
             }
         }
@@ -287,13 +331,14 @@ mod tests {
             max_execution_time,
             debug,
             dry_run,
+            keys,
             ..
         } = cli.command
         else {
             panic!("not import");
         };
         assert_eq!(config, "https://h/c.yaml?sig=x");
-        assert!(batch && debug && dry_run.is_empty());
+        assert!(batch && debug && !dry_run && keys.is_empty());
         assert_eq!(
             max_execution_time,
             Some(std::time::Duration::from_secs(600))

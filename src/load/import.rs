@@ -1,17 +1,18 @@
 //! `rin-ship import`: the loader as a daemon (or, with `--batch`, until the queue is empty)
-//! over an SQS queue of S3 events, as Rin runs. Also `--dry-run KEY...`: where each key
-//! would load and the statements that would run, contacting nothing.
+//! over an SQS queue of S3 events, as Rin runs. Also `--dry-run [KEY...]` (or
+//! `RIN_DRY_RUN=true`): the targets, and where each key would load with the statements that
+//! would run ([`super::dry_run`]), contacting nothing.
 //!
-//! Must never: start loading before the metrics endpoint (when asked for) is up; exit before
-//! the loads in flight finished (SIGTERM, `--max-execution-time`).
+//! Must never: load anything in a dry run; start loading before the metrics endpoint (when
+//! asked for) is up; exit before the loads in flight finished (SIGTERM,
+//! `--max-execution-time`).
 
 use super::Loader;
 use super::consume::consume;
-use super::rin::{MatchOutcome, RinConfig};
-use super::warehouse::driver;
+use super::rin::RinConfig;
 use crate::common::shutdown;
 use crate::queue::{Queue, sqs};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
@@ -23,66 +24,32 @@ pub struct ImportArgs {
     pub config: String,
     pub batch: bool,
     pub max_execution_time: Option<Duration>,
-    pub dry_run: Vec<String>,
+    /// Load nothing: list the targets, and show the loads of `keys`.
+    pub dry_run: bool,
+    pub keys: Vec<String>,
 }
 
 /// `rin-ship import`.
 pub fn main(args: ImportArgs) -> Result<()> {
-    let cfg = RinConfig::load_from(&args.config)?;
-    if !args.dry_run.is_empty() {
-        return dry_run(&cfg, &args.dry_run);
+    if !args.dry_run && !args.keys.is_empty() {
+        // A key without --dry-run would otherwise be ignored while a real import runs.
+        bail!(
+            "unexpected argument {:?}: keys are for --dry-run (rin-ship import --config FILE \
+             --dry-run KEY...)",
+            args.keys[0]
+        );
     }
+    let cfg = RinConfig::load_from(&args.config)?;
+    if args.dry_run {
+        return super::dry_run::print(&cfg, &args.keys);
+    }
+    cfg.require_queue()
+        .with_context(|| format!("Rin config {}", args.config))?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rin-import")
         .build()?
         .block_on(run(Arc::new(cfg), args))
-}
-
-/// Prints the targets, then for each key where it loads and what would run.
-fn dry_run(cfg: &RinConfig, keys: &[String]) -> Result<()> {
-    for t in &cfg.targets {
-        println!("target {}: {}", t.index, t.describe());
-    }
-    for arg in keys {
-        let (bucket, key) = match arg.strip_prefix("s3://") {
-            Some(rest) => {
-                let (b, k) = rest
-                    .split_once('/')
-                    .ok_or_else(|| anyhow!("{arg}: expected s3://bucket/key"))?;
-                (b.to_string(), k.to_string())
-            }
-            None => (
-                cfg.targets
-                    .first()
-                    .map(|t| t.s3.bucket.clone())
-                    .unwrap_or_default(),
-                arg.clone(),
-            ),
-        };
-        match cfg.route(&bucket, &key) {
-            Err(e) => println!("s3://{bucket}/{key} => rejected: {e}"),
-            Ok(MatchOutcome::NoTarget) => println!("s3://{bucket}/{key} => no target"),
-            Ok(MatchOutcome::Discarded) => println!("s3://{bucket}/{key} => discarded"),
-            Ok(MatchOutcome::Load(dests)) => {
-                for d in dests {
-                    let t = cfg.target(d.target);
-                    println!(
-                        "s3://{bucket}/{key} => target {} {} ({:?} {})",
-                        d.target,
-                        d.qualified(),
-                        cfg.ext.warehouse,
-                        t.redshift.visible_dsn()
-                    );
-                    let objects = [(bucket.as_str(), key.as_str())];
-                    for line in driver(t.driver).dry_run(cfg, &d, &objects) {
-                        println!("  {line}");
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {

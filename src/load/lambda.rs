@@ -9,15 +9,19 @@
 //! fails the invocation instead, and the whole batch comes back; the ledger skips what loaded).
 //!
 //! Owns: the Runtime API loop (the `lambda_runtime` crate), the init error report, SQS record
-//! to [`Message`], the response. Keeps the warehouse connections between invocations.
+//! to [`Message`], the response. Keeps the warehouse connections between invocations. The
+//! config needs no `queue_name` here (Rin requires it only outside Lambda). `RIN_DRY_RUN=true`
+//! lists the targets and refuses to start; `RIN_BATCH=true` (Rin's Lambda batch mode, polling
+//! SQS per invocation) is refused with what to do instead.
 //!
 //! Must never: name a message as processed unless every load it asked for committed (or needed
-//! none); log a message body, the config or a secret.
+//! none); load anything in a dry run; log a message body, the config or a secret.
 
 use super::Loader;
 use super::consume::report_kept;
 use super::deliver::load_messages;
 use super::rin::RinConfig;
+use super::rin::flags::env_bool;
 use super::warehouse::Sessions;
 use crate::queue::Message;
 use anyhow::{Result, anyhow};
@@ -57,19 +61,35 @@ pub fn bootstrap() -> Option<Result<()>> {
     if !name.ends_with("bootstrap") {
         return None;
     }
-    let debug = std::env::var("RIN_DEBUG").is_ok_and(|v| {
-        matches!(
-            v.to_ascii_lowercase().as_str(),
-            "1" | "t" | "true" | "y" | "yes" | "on"
-        )
-    });
+    // As clap reads them for `rin-ship import`; a value that is no boolean stops here, before
+    // anything loads.
+    let flags = ["RIN_DEBUG", "RIN_DRY_RUN", "RIN_BATCH"].map(env_bool);
+    let [debug, dry_run, batch] = match flags {
+        [Ok(d), Ok(r), Ok(b)] => [d, r, b],
+        [d, r, b] => {
+            let bad = [d, r, b]
+                .into_iter()
+                .find_map(Result::err)
+                .unwrap_or_default();
+            return Some(Err(anyhow!("{bad}")));
+        }
+    };
     crate::telemetry::init_logging(debug);
-    Some(main(std::env::var("RIN_CONFIG").unwrap_or_default()))
+    let config = std::env::var("RIN_CONFIG").unwrap_or_default();
+    Some(run(config, batch, dry_run))
 }
 
-/// Runs the Lambda handler until the Runtime API goes away. A config that cannot be loaded is
-/// reported to the Runtime API as an init error (Lambda shows it and retries the init).
-pub fn main(config: String) -> Result<()> {
+/// Runs the Lambda handler until the Runtime API goes away (`rin-ship import --lambda`, or
+/// AWS_LAMBDA_RUNTIME_API set). A config that cannot be loaded is reported to the Runtime API
+/// as an init error (Lambda shows it and retries the init).
+pub fn main(config: String, batch: bool) -> Result<()> {
+    run(config, batch, false)
+}
+
+/// The handler; with `dry_run` (RIN_DRY_RUN) it lists the targets and refuses to start, and
+/// `batch` (Rin's Lambda batch mode, which polls SQS per invocation) is refused: neither may
+/// let an invocation answer "done" for messages it never loaded.
+fn run(config: String, batch: bool, dry_run: bool) -> Result<()> {
     let missing: Vec<&str> = LAMBDA_ENV
         .into_iter()
         .filter(|v| std::env::var_os(v).is_none())
@@ -98,6 +118,24 @@ pub fn main(config: String) -> Result<()> {
     } else {
         RinConfig::load_from(&config)
     };
+    let cfg = cfg.and_then(|c| {
+        if dry_run {
+            super::dry_run::print(&c, &[])?;
+            return Err(anyhow!(
+                "RIN_DRY_RUN is set: a dry run (the targets are listed above), so the Lambda \
+                 handler loads nothing and does not start; unset RIN_DRY_RUN to load"
+            ));
+        }
+        if batch {
+            return Err(anyhow!(
+                "RIN_BATCH (or --batch) is set: Rin's Lambda batch mode, in which each \
+                 invocation polls the SQS queue, is not in rin-ship; subscribe the function to \
+                 the queue with an SQS event source mapping instead (docs/lambda.md), or run \
+                 `rin-ship import --batch` outside Lambda"
+            ));
+        }
+        Ok(c)
+    });
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rin-lambda")

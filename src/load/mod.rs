@@ -4,7 +4,8 @@
 //! Layers, each only calling down:
 //! - the commands: [`import`] (`rin-ship import`: SQS), [`lambda`] (the same as an AWS Lambda
 //!   handler), [`embedded`] (`serve`'s loader over the local queue); `ops::backfill` and
-//!   `ops::maintain` sit on top too;
+//!   `ops::maintain` sit on top too; [`dry_run`] is what `import` and `lambda` show instead of
+//!   loading;
 //! - [`consume`]: the queue loop (receive, keep invisible while loading, delete what committed);
 //! - [`deliver`]: messages to objects to groups (routing), and each group's load with retries,
 //!   quarantine and splitting;
@@ -19,6 +20,8 @@
 
 pub mod consume;
 pub mod deliver;
+#[cfg(all(feature = "s3", feature = "sqs"))]
+pub mod dry_run;
 pub mod embedded;
 #[cfg(all(feature = "s3", feature = "sqs"))]
 pub mod import;

@@ -238,7 +238,7 @@ impl LoadFailure {
                 column: None,
                 reason: reason.clone(),
             }],
-            ..LoadFailure::described(ErrorKind::Data, &format!("staging {url}"), &reason)
+            ..LoadFailure::described(ErrorKind::Data, &format!("loading {url}"), &reason)
         }
     }
 

@@ -1,5 +1,5 @@
-//! Where a Rin config comes from (Rin's `-config`): a local path, an `http(s)://` URL or
-//! `s3://bucket/key`, fetched within 30 s and at most 16 MiB.
+//! Where a Rin config comes from (Rin's `-config`): a local path (or `file://`), an
+//! `http(s)://` URL or `s3://bucket/key`, fetched within 30 s and at most 16 MiB.
 //!
 //! Must never: show a URL's user-info or query string (presigned URLs carry credentials
 //! there), in a log line or an error.
@@ -7,10 +7,10 @@
 use anyhow::{Context, Result, anyhow, bail};
 use std::fmt;
 
-/// Where a Rin config lives (Rin's `-config`): a local path, an `http(s)://` URL (fetched
-/// with one GET, no redirects) or `s3://bucket/key` (GetObject with the default AWS credential
-/// chain and region; `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` select an S3-compatible
-/// server, addressed path-style). Displayed without user-info or query string: presigned URLs
+/// Where a Rin config lives (Rin's `-config`): a local path (or a `file://` URL), an
+/// `http(s)://` URL (fetched with one GET, no redirects) or `s3://bucket/key` (GetObject with
+/// the default AWS credential chain and region; `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`
+/// select an S3-compatible server, addressed path-style). Displayed without user-info or query string: presigned URLs
 /// carry credentials there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigLocation {
@@ -49,6 +49,15 @@ impl ConfigLocation {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
             });
+        }
+        if has_scheme(s, "file://") {
+            // As Rin (Go's url.Parse): the URL's path, whatever its host.
+            let rest = &s[7..];
+            let path = rest.find('/').map(|i| &rest[i..]).unwrap_or_default();
+            if path.is_empty() {
+                bail!("invalid config URL {s}: expected file:///path/to/config.yaml");
+            }
+            return Ok(ConfigLocation::Path(path.into()));
         }
         if s.is_empty() {
             bail!("no config given");
@@ -247,6 +256,15 @@ mod tests {
         assert!(ConfigLocation::parse("s3://bucket/").is_err());
         assert!(ConfigLocation::parse("s3:///key").is_err());
         assert!(ConfigLocation::parse("").is_err());
+        assert_eq!(
+            p("file:///etc/rin/config.yaml"),
+            ConfigLocation::Path("/etc/rin/config.yaml".into())
+        );
+        assert_eq!(
+            p("file://localhost/c.yaml"),
+            ConfigLocation::Path("/c.yaml".into())
+        );
+        assert!(ConfigLocation::parse("file://c.yaml").is_err());
         let presigned =
             "https://user:pw@b.s3.amazonaws.com:8443/c/rin.yaml?X-Amz-Signature=SECRET#f";
         let l = p(presigned);

@@ -3,6 +3,10 @@
 //! Rin itself would ignore). Only the shape and the defaults live here; the merge of the
 //! top-level sections into each target and its checks are in [`super::targets`].
 //!
+//! Rin's sections take unknown keys, as Rin (Go's yaml.v2) ignores them; [`super::RinConfig::parse`]
+//! names each one in a warning. `rin_ship:` stays strict: its keys are rin-ship's own, and a
+//! misspelt one there would silently change where or how data loads.
+//!
 //! Must never: print a secret (`Debug` of [`Credentials`] and [`Redshift`] masks them).
 
 use serde::Deserialize;
@@ -10,7 +14,6 @@ use std::fmt;
 
 /// A Rin config file plus rin-ship's extension keys.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct RinFile {
     #[serde(default)]
     pub queue_name: String,
@@ -36,7 +39,6 @@ pub struct RinFile {
 }
 
 #[derive(Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Credentials {
     #[serde(default)]
     pub aws_access_key_id: String,
@@ -68,7 +70,6 @@ fn mask(s: &str) -> &'static str {
 }
 
 #[derive(Clone, Deserialize, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(deny_unknown_fields)]
 pub struct Redshift {
     #[serde(default)]
     pub driver: String,
@@ -155,7 +156,6 @@ impl Redshift {
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct S3Spec {
     #[serde(default)]
     pub region: String,
@@ -168,7 +168,6 @@ pub struct S3Spec {
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     #[serde(default)]
     pub redshift: Option<Redshift>,

@@ -2,14 +2,23 @@
 //! keys override the top-level ones, key by key; `sql_option` as a whole), and the checks of
 //! the result, so that nothing below ever sees a target it cannot load.
 //!
+//! As Rin, connection settings a target's driver does not use are not errors when they come
+//! from the top level across a driver override (a `redshift-data` target under a wire-protocol
+//! top level inherits `host`, `password`...): they are dropped. A user with a workgroup is
+//! dropped with a warning (Serverless maps the IAM identity). A wire-protocol Redshift
+//! connection with no password logs in with temporary credentials, as Rin calls
+//! GetClusterCredentials then (cluster: `redshift.cluster`, else the first DNS label of
+//! `host`; database user: `user`).
+//!
 //! Must never: accept a `$n` in a schema or table that the key matcher cannot capture; accept
-//! connection settings the chosen driver would ignore or misread.
+//! a setting the chosen driver would misread; drop a setting without saying so (a warning, or
+//! for what a driver override leaves behind, a debug line).
 
 use super::ident::{is_identifier, split_qualified};
 use super::schema::{DriverKind, InsertMode, Redshift, RinFile, S3Spec, TargetSpec, Warehouse};
 use super::template::placeholders;
 use super::{Matcher, RinConfig, Target};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use regex::Regex;
 
 impl RinConfig {
@@ -17,23 +26,23 @@ impl RinConfig {
     pub(super) fn from_file(f: RinFile) -> Result<RinConfig> {
         check_top_level(&f)?;
         let mut targets = Vec::with_capacity(f.targets.len());
+        let mut warnings = Vec::new();
         for (i, t) in f.targets.iter().enumerate() {
-            targets.push(merge_target(i, t, &f)?);
+            targets.push(merge_target(i, t, &f, &mut warnings)?);
         }
         Ok(RinConfig {
             queue_name: f.queue_name,
             credentials: f.credentials,
             targets,
             ext: f.rin_ship,
+            warnings,
         })
     }
 }
 
-/// The keys that concern the whole file.
+/// The keys that concern the whole file. `queue_name` is not one: Rin requires it only
+/// outside Lambda (see [`RinConfig::require_queue`]).
 fn check_top_level(f: &RinFile) -> Result<()> {
-    if f.queue_name.is_empty() && f.rin_ship.queue_url.is_empty() {
-        bail!("queue_name required (or rin_ship.queue_url)");
-    }
     if f.targets.is_empty() {
         bail!("no targets defined");
     }
@@ -61,8 +70,13 @@ fn check_top_level(f: &RinFile) -> Result<()> {
 }
 
 /// Target `i` with the top-level sections merged in, and checked.
-fn merge_target(i: usize, t: &TargetSpec, f: &RinFile) -> Result<Target> {
-    let redshift = merge_redshift(t.redshift.as_ref(), f.redshift.as_ref());
+fn merge_target(
+    i: usize,
+    t: &TargetSpec,
+    f: &RinFile,
+    warnings: &mut Vec<String>,
+) -> Result<Target> {
+    let mut redshift = merge_redshift(t.redshift.as_ref(), f.redshift.as_ref());
     let s3 = merge_s3(t.s3.as_ref(), f.s3.as_ref());
     let sql_option = if t.sql_option.is_empty() {
         f.sql_option.clone()
@@ -98,7 +112,21 @@ fn merge_target(i: usize, t: &TargetSpec, f: &RinFile) -> Result<Target> {
             bail!("targets[{i}]: redshift.table is empty");
         }
         check_placeholders(i, &redshift, &matcher)?;
-        let driver = check_connection(i, &redshift, warehouse)?;
+        let driver = DriverKind::from_rin(&redshift.driver, warehouse).ok_or_else(|| {
+            anyhow!(
+                "targets[{i}]: redshift.driver {:?}: expected postgres, redshift-data or sqlite",
+                redshift.driver
+            )
+        })?;
+        drop_inherited_unused(
+            i,
+            &mut redshift,
+            t.redshift.as_ref(),
+            f.redshift.as_ref(),
+            driver,
+            warehouse,
+        );
+        check_connection(i, &mut redshift, driver, warehouse, warnings)?;
         check_insert_mode(i, insert_mode, &key_columns, &order_column, warehouse)?;
         driver
     };
@@ -212,21 +240,79 @@ fn check_insert_mode(
     Ok(())
 }
 
-/// The driver of target `i` and the checks of its connection settings: the Data API driver
-/// and IAM logins need their own keys (and the `redshift` feature).
-fn check_connection(i: usize, r: &Redshift, warehouse: Warehouse) -> Result<DriverKind> {
-    let Some(kind) = DriverKind::from_rin(&r.driver, warehouse) else {
-        bail!(
-            "targets[{i}]: redshift.driver {:?}: expected postgres, redshift-data or sqlite",
-            r.driver
-        )
+/// What a driver override leaves behind: a target whose `redshift.driver` names another driver
+/// than the top level's inherits the top level's keys, and those the target's driver does not
+/// use are dropped (Rin's drivers ignore them). Keys the target sets itself stay and are
+/// checked.
+fn drop_inherited_unused(
+    i: usize,
+    r: &mut Redshift,
+    own: Option<&Redshift>,
+    top: Option<&Redshift>,
+    driver: DriverKind,
+    warehouse: Warehouse,
+) {
+    let (Some(own), Some(top)) = (own, top) else {
+        return;
     };
+    if own.driver.is_empty() || DriverKind::from_rin(&top.driver, warehouse) == Some(driver) {
+        return;
+    }
+    let mut dropped = Vec::new();
+    macro_rules! drop_if_inherited {
+        ($($f:ident),*) => {$(
+            if is_default(&own.$f) && !is_default(&r.$f) {
+                r.$f = Default::default();
+                dropped.push(stringify!($f));
+            }
+        )*};
+    }
+    match driver {
+        DriverKind::RedshiftData => {
+            drop_if_inherited!(host, port, password, iam_auth, auto_create);
+            if !r.workgroup.is_empty() || !r.secret_arn.is_empty() {
+                drop_if_inherited!(user);
+            }
+        }
+        DriverKind::Redshift | DriverKind::Postgres => {
+            drop_if_inherited!(secret_arn);
+            if !own.iam_auth {
+                drop_if_inherited!(cluster, workgroup);
+            }
+        }
+        DriverKind::Sqlite => {}
+    }
+    if !dropped.is_empty() {
+        tracing::debug!(
+            "targets[{i}]: driver {} does not use the inherited redshift.{}; dropped",
+            own.driver,
+            dropped.join(", redshift.")
+        );
+    }
+}
+
+/// The checks of target `i`'s connection settings for its driver: the Data API driver and
+/// IAM logins need their own keys (and the `redshift` feature). A wire-protocol Redshift
+/// connection without a password becomes an IAM login, as in Rin.
+fn check_connection(
+    i: usize,
+    r: &mut Redshift,
+    kind: DriverKind,
+    warehouse: Warehouse,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
     let data_api = match kind {
         DriverKind::Postgres | DriverKind::Redshift => false,
         // The embedded warehouse: `dbname` is the SQLite file (see load::warehouse::sqlite).
-        DriverKind::Sqlite => return Ok(kind),
+        DriverKind::Sqlite => return Ok(()),
         DriverKind::RedshiftData => true,
     };
+    if kind == DriverKind::Redshift && !r.iam_auth && r.password.is_empty() {
+        if !r.secret_arn.is_empty() {
+            bail!("targets[{i}]: redshift.secret_arn is for driver redshift-data");
+        }
+        return rin_temporary_login(i, r, warnings);
+    }
     let what = if data_api {
         "redshift.driver redshift-data (the Redshift Data API)"
     } else if r.iam_auth {
@@ -238,7 +324,7 @@ fn check_connection(i: usize, r: &Redshift, warehouse: Warehouse) -> Result<Driv
         if r.auto_create {
             bail!("targets[{i}]: redshift.auto_create needs iam_auth: true");
         }
-        return Ok(kind);
+        return Ok(());
     };
     if !cfg!(feature = "redshift") {
         bail!("targets[{i}]: {what} needs rin-ship built with `--features redshift`");
@@ -272,11 +358,14 @@ fn check_connection(i: usize, r: &Redshift, warehouse: Warehouse) -> Result<Driv
     }
     if !r.workgroup.is_empty() {
         if !r.user.is_empty() {
-            bail!(
-                "targets[{i}]: redshift.user is not used with a workgroup (Serverless maps the \
-                 IAM identity to a database user); remove it{}",
-                if data_api { " or use secret_arn" } else { "" }
-            );
+            // Rin's Data API driver ignores it too: a warning, not a refusal.
+            warnings.push(format!(
+                "targets[{i}]: redshift.user {:?} is not used with a workgroup (Serverless maps \
+                 the IAM identity to a database user{}); ignored",
+                r.user,
+                if data_api { ", or use secret_arn" } else { "" }
+            ));
+            r.user.clear();
         }
         if r.auto_create {
             bail!("targets[{i}]: redshift.auto_create is for a provisioned cluster");
@@ -297,7 +386,37 @@ fn check_connection(i: usize, r: &Redshift, warehouse: Warehouse) -> Result<Driv
     if !data_api && r.host.is_empty() {
         bail!("targets[{i}]: {what} needs redshift.host (the endpoint to connect to)");
     }
-    Ok(kind)
+    Ok(())
+}
+
+/// Rin's login when `redshift.password` is empty: GetClusterCredentials for the cluster named
+/// by the first DNS label of `host` (or `redshift.cluster`, or Serverless GetCredentials for
+/// `redshift.workgroup`) and the database user `user`. Nothing is refused here, as Rin finds
+/// out only when it connects; what cannot work is a warning, and the connect fails saying why.
+fn rin_temporary_login(i: usize, r: &mut Redshift, warnings: &mut Vec<String>) -> Result<()> {
+    r.iam_auth = true;
+    if r.cluster.is_empty() && r.workgroup.is_empty() {
+        r.cluster = r.host.split('.').next().unwrap_or_default().to_string();
+    }
+    let fix = "set redshift.password to log in with a password";
+    if !cfg!(feature = "redshift") {
+        warnings.push(format!(
+            "targets[{i}]: redshift.password is empty, so (as Rin) the login would use \
+             temporary credentials, which need rin-ship built with `--features redshift`; {fix}"
+        ));
+    } else if r.host.is_empty() || r.dbname.is_empty() {
+        warnings.push(format!(
+            "targets[{i}]: redshift.password is empty (temporary credentials, as Rin) but \
+             redshift.host or redshift.dbname is not set: loads will fail; set them, or {fix}"
+        ));
+    } else if r.workgroup.is_empty() && r.user.is_empty() {
+        warnings.push(format!(
+            "targets[{i}]: redshift.password is empty, so the login uses GetClusterCredentials \
+             (as Rin), which needs redshift.user (the database user): loads will fail; set it, \
+             or {fix}"
+        ));
+    }
+    Ok(())
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

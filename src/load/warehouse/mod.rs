@@ -12,13 +12,15 @@
 //! - [`sqlite`]: the embedded warehouse of `rin-ship serve`.
 //!
 //! and what they share: the wire protocol ([`wire`]), object bytes as NDJSON lines
-//! ([`ndjson`]), what a wire-protocol warehouse says about itself ([`stats`]). A new warehouse
-//! is a new folder, a [`DriverKind`] and one line in [`driver`].
+//! ([`ndjson`]), what a wire-protocol warehouse says about itself ([`stats`]), the ledger's
+//! part of a shown load ([`dry_run`]). A new warehouse is a new folder, a [`DriverKind`] and
+//! one line in [`driver`].
 //!
 //! Must never: load a group outside the ledger contract; hand a failure back unclassified.
 
 #[cfg(feature = "redshift")]
 pub mod dataapi;
+pub mod dry_run;
 pub mod ndjson;
 pub mod postgres;
 pub mod redshift;
@@ -36,7 +38,7 @@ use super::rin::{Destination, DriverKind, Redshift, RinConfig, Target};
 use crate::store::{Body, Fetched, Objects};
 use async_trait::async_trait;
 use std::collections::HashMap;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// What a load reads besides its group: the config and where the objects are.
 pub struct Env<'a> {
@@ -55,7 +57,8 @@ pub trait Driver: Send + Sync {
     ) -> Result<Box<dyn Warehouse>, LoadFailure>;
 
     /// What a load of `objects` (bucket, key) into `dest` would run, secrets masked, one line
-    /// each (`rin-ship import --dry-run`). Contacts nothing.
+    /// each (`rin-ship import --dry-run`): the whole transaction, the ledger's statements
+    /// ([`dry_run::LedgerShown`]) beside the driver's own. Contacts nothing.
     #[cfg_attr(not(all(feature = "s3", feature = "sqs")), allow(dead_code))]
     fn dry_run(&self, cfg: &RinConfig, dest: &Destination, objects: &[(&str, &str)])
     -> Vec<String>;
@@ -137,6 +140,9 @@ impl Drivers {
 }
 
 /// The open sessions of one worker, one per connection (targets may differ in connection).
+/// A failed load closes its session when the connection dropped, and with Rin's
+/// `redshift.reconnect_on_error` after any failure (a session left in a bad state by a
+/// maintenance window or a failover is not reused); the next load opens a new one.
 #[derive(Default)]
 pub struct Sessions {
     open: HashMap<Redshift, Box<dyn Warehouse>>,
@@ -144,7 +150,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Loads `group` on the connection of `target`, opening it on first use or after it
-    /// dropped.
+    /// was closed.
     pub async fn load(
         &mut self,
         drivers: &Drivers,
@@ -162,7 +168,14 @@ impl Sessions {
         }
         let session = self.open.get_mut(&conn).expect("inserted above");
         let r = session.load(env, group).await;
-        if r.is_err() && !session.is_open() {
+        if r.is_err() && (!session.is_open() || conn.reconnect_on_error) {
+            if session.is_open() {
+                info!(
+                    connection = %conn.visible_dsn(),
+                    "reconnect_on_error: closing the connection after the failed load; the next \
+                     load opens a new one"
+                );
+            }
             self.open.remove(&conn);
         }
         r

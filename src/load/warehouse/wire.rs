@@ -76,6 +76,20 @@ pub async fn connect(r: &Redshift, sslmode: SslMode) -> Result<Client, LoadFailu
     if !r.password.is_empty() {
         cfg.password(&r.password);
     }
+    #[cfg(not(feature = "redshift"))]
+    if r.iam_auth {
+        // Never a login with no password instead (what the config asked for cannot be done).
+        return Err(LoadFailure::new(
+            crate::load::ledger::ErrorKind::Other,
+            format!(
+                "cannot connect to {}: the login needs temporary credentials (redshift.password \
+                 is empty, so Rin would call GetClusterCredentials; or iam_auth), and this \
+                 rin-ship was built without them: build it with `--features redshift`, or set \
+                 redshift.password",
+                r.visible_dsn()
+            ),
+        ));
+    }
     #[cfg(feature = "redshift")]
     if r.iam_auth {
         // Temporary credentials, fetched anew when the cached ones are near their expiry.

@@ -36,7 +36,7 @@ pub use client::{DataApi, DataApiTransport, ManifestWriter};
 use super::redshift::{Manifest, sql};
 use super::{Driver, Env, Warehouse};
 use crate::load::ledger::Dialect;
-use crate::load::ledger::{ErrorKind, Group, ItemResult, Ledger, LoadFailure, Pending};
+use crate::load::ledger::{ErrorKind, Group, Item, ItemResult, Ledger, LoadFailure, Pending};
 use crate::load::rin::{Destination, Redshift, RinConfig, Target};
 use anyhow::{Result, bail};
 use async_trait::async_trait;
@@ -108,7 +108,49 @@ impl Driver for DataApiDriver {
         dest: &Destination,
         objects: &[(&str, &str)],
     ) -> Vec<String> {
-        super::redshift::Redshift.dry_run(cfg, dest, objects)
+        let t = cfg.target(dest.target);
+        let q = dest.qualified();
+        let ledger = Ledger::new(cfg, Dialect::Redshift);
+        // What only the load knows, named: the event's ETag and version.
+        let items: Vec<Item> = objects
+            .iter()
+            .map(|(bucket, key)| Item {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                etag: "<the object's ETag>".into(),
+                version_id: String::new(),
+                size: 0,
+            })
+            .collect();
+        let all: Vec<usize> = (0..items.len()).collect();
+        let group = Group {
+            dest: dest.clone(),
+            items,
+        };
+        let m = Manifest::of_items(cfg, t, &q, &group.items, &all);
+        let mut out: Vec<String> = ledger
+            .ddl()
+            .into_iter()
+            .map(|s| format!("-- once per connection, before the first load: {s}"))
+            .collect();
+        out.push(format!(
+            "-- ExecuteStatement (objects already loaded are dropped): SELECT bucket, \
+             object_key, etag, version_id FROM {} WHERE {}",
+            ledger.ident(),
+            Ledger::objects_condition(&q, &group.items, &all)
+        ));
+        out.push(format!("-- writes the manifest {}: {}", m.url, m.body));
+        out.push("-- BatchExecuteStatement, one transaction:".to_string());
+        let st = batch_statements(&ledger, cfg, t, &group, &all, &m, "<batch id>");
+        // The shown forms: the COPY masked.
+        for (k, sql) in st.sqls.iter().enumerate() {
+            out.push(if st.loads.contains(&k) {
+                st.kinds[k].clone()
+            } else {
+                sql.clone()
+            });
+        }
+        out
     }
 }
 

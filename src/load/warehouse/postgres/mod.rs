@@ -24,12 +24,13 @@ mod jsonb;
 mod rows;
 mod stage;
 
+use super::dry_run::LedgerShown;
 use super::wire::{self, LedgerTx, pg_failure};
 use super::{Driver, Env, Warehouse, open_object};
 use crate::load::ledger::{Dialect, ErrorKind, Group, ItemResult, LoadFailure};
 use crate::load::rin::{Destination, InsertMode, Redshift, RinConfig};
 use async_trait::async_trait;
-use columns::{Column, insert_sql, table_columns};
+use columns::{Column, TYPED, insert_sql, table_columns, typed_stage_ddl};
 use stage::STAGE_DDL;
 
 /// The PostgreSQL driver (`rin_ship.warehouse: postgres`).
@@ -49,20 +50,56 @@ impl Driver for Postgres {
 
     fn dry_run(
         &self,
-        _cfg: &RinConfig,
+        cfg: &RinConfig,
         dest: &Destination,
         objects: &[(&str, &str)],
     ) -> Vec<String> {
         let q = dest.qualified();
-        let mut out = Vec::new();
-        for (bucket, key) in objects {
-            out.push(format!(
-                "COPY rin_ship_stage (doc) FROM STDIN WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')  -- s3://{bucket}/{key}, decompressed"
-            ));
-        }
+        let mode = cfg.target(dest.target).insert_mode;
+        let shown = LedgerShown::new(cfg, Dialect::Postgres, dest, objects);
+        let mut out = shown.on_connect();
+        out.extend(shown.begin());
+        out.push(STAGE_DDL.to_string());
         out.push(format!(
-            "INSERT INTO {q} (<columns of {q}>) SELECT ... FROM rin_ship_stage s, LATERAL jsonb_populate_record(NULL::{q}, s.doc) r"
+            "-- reads the columns of {q} (pg_attribute, pg_attrdef, pg_type); with a composite \
+             column, each line is staged in rin_ship_stage and written by jsonb_populate_record \
+             instead of the COPY below"
         ));
+        // Each line is turned into a row by rin-ship; a run of rows ends where a line gives
+        // values to other defaulted columns.
+        let copy = |table: &str, bucket: &str, key: &str| {
+            format!(
+                "COPY {table} (<the columns the lines give values to>) FROM STDIN  -- \
+                 s3://{bucket}/{key}, decompressed, each line a row"
+            )
+        };
+        if mode.keyed() {
+            out.push(typed_stage_ddl(&q));
+            for (bucket, key) in objects {
+                out.push(copy(TYPED, bucket, key).replace("(<", "(rin_ship_n, <"));
+            }
+            out.push(format!(
+                "-- one row per key picked into rin_ship_pick, then DELETE ... USING and \
+                 INSERT INTO {q} (<columns of {q}>) SELECT ... FROM rin_ship_pick (the \
+                 statements follow the columns of {q})"
+            ));
+            out.extend(shown.record(
+                "the rows written from the object",
+                "the rows the load wrote",
+            ));
+        } else {
+            if mode == InsertMode::Truncate {
+                out.push(format!(
+                    "DELETE FROM {q}  -- before the first object's rows"
+                ));
+            }
+            let records = shown.record("the rows written from the object", "NULL");
+            for ((bucket, key), record) in objects.iter().zip(records) {
+                out.push(copy(&q, bucket, key));
+                out.push(record);
+            }
+        }
+        out.push("COMMIT".to_string());
         out
     }
 }

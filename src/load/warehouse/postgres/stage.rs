@@ -22,13 +22,15 @@ pub const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS rin_ship_stage \
 
 /// `\x01` never occurs in JSON text and `\x02` only escaped, so CSV mode with these as quote
 /// and delimiter passes every line through unchanged.
-const STAGE_COPY: &str =
+pub const STAGE_COPY: &str =
     "COPY rin_ship_stage (doc) FROM STDIN WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')";
+
+/// What [`reset_stage`] runs (also shown by `--dry-run`).
+pub const STAGE_RESET: &str = "TRUNCATE rin_ship_stage RESTART IDENTITY";
 
 /// Empties the stage and restarts its positions at 1.
 pub async fn reset_stage(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-    tx.batch_execute("TRUNCATE rin_ship_stage RESTART IDENTITY")
-        .await
+    tx.batch_execute(STAGE_RESET).await
 }
 
 /// Why streaming an object into the stage stopped.

@@ -12,6 +12,7 @@
 pub mod iam;
 pub mod sql;
 
+use super::dry_run::LedgerShown;
 use super::wire::{self, LedgerTx, first_value, pg_failure};
 use super::{Driver, Env, Warehouse, stats};
 use crate::common::codec::Codec;
@@ -49,13 +50,27 @@ impl Driver for Redshift {
         let t = cfg.target(dest.target);
         let q = dest.qualified();
         let m = Manifest::new(cfg, t, &q, objects);
-        let mut out = vec![format!("manifest {}: {}", m.url, m.body)];
+        let shown = LedgerShown::new(cfg, Dialect::Redshift, dest, objects);
+        let mut out = shown.on_connect();
+        out.push(format!("-- writes the manifest {}: {}", m.url, m.body));
+        out.extend(shown.begin());
         let option = m.sql_option(t);
         let plan = sql::LoadPlan {
             sql_option: &option,
             ..sql::LoadPlan::new(cfg, t, &q, &m.url)
         };
         out.extend(sql::load_statements(&plan, true));
+        let (rows, batch_rows) = if plan.mode.keyed() {
+            (
+                "the rows written (one object; NULL for several)",
+                "the same, for the load",
+            )
+        } else {
+            out.push("SELECT pg_last_copy_count()".to_string());
+            ("that count (one object; NULL for several)", "that count")
+        };
+        out.extend(shown.record(rows, batch_rows));
+        out.push("COMMIT".to_string());
         out
     }
 }

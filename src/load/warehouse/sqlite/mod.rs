@@ -20,6 +20,7 @@
 
 mod record;
 
+use super::dry_run::LedgerShown;
 use super::ndjson::Decoder;
 use super::{Driver, Env, Warehouse};
 use crate::load::ledger::{
@@ -69,16 +70,19 @@ impl Driver for Sqlite {
 
     fn dry_run(
         &self,
-        _cfg: &RinConfig,
+        cfg: &RinConfig,
         dest: &Destination,
         objects: &[(&str, &str)],
     ) -> Vec<String> {
-        let mut out = vec!["BEGIN IMMEDIATE".to_string()];
-        for (bucket, key) in objects {
+        let shown = LedgerShown::new(cfg, Dialect::Sqlite, dest, objects);
+        let mut out = shown.on_connect();
+        out.extend(shown.begin());
+        for (i, (bucket, key)) in objects.iter().enumerate() {
             out.push(format!(
                 "INSERT INTO {} (<one column per key>) VALUES (...)  -- each line of s3://{bucket}/{key}",
                 dest.qualified()
             ));
+            out.push(shown.record("the lines of the object", "NULL")[i].clone());
         }
         out.push("COMMIT".to_string());
         out
