@@ -99,8 +99,11 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         max_retries: u32,
     },
-    /// Baseline: flate2 (zlib-rs) single-threaded gzip of a file.
+    /// Baseline: the chunk compressor alone, one thread: flate2 (zlib-rs) gzip, or libzstd
+    /// with the server's frame settings (window log 20, no checksum).
     Compress {
+        #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
+        codec: String,
         #[arg(long, default_value_t = 6)]
         level: u32,
         #[arg(long)]
@@ -162,7 +165,12 @@ fn main() {
             Duration::from_secs(timeout),
             max_retries,
         ),
-        Cmd::Compress { level, file, out } => compress(level, &file, out.as_deref()),
+        Cmd::Compress {
+            codec,
+            level,
+            file,
+            out,
+        } => compress(&codec, level, &file, out.as_deref()),
         Cmd::Verify { meta, file } => verify(&meta, &file),
     };
     if let Err(err) = result {
@@ -1505,27 +1513,41 @@ fn run_http_connection(
 // ---------------------------------------------------------------------------------------------
 // Baseline compressor.
 
-fn compress(level: u32, file: &Path, out: Option<&Path>) -> Result<()> {
-    if !(0..=9).contains(&level) {
-        bail!("--level must be 0..=9");
+fn compress(codec: &str, level: u32, file: &Path, out: Option<&Path>) -> Result<()> {
+    let levels = if codec == "zstd" { 1..=19 } else { 0..=9 };
+    if !levels.contains(&level) {
+        bail!(
+            "--level must be {}..={} for {codec}",
+            levels.start(),
+            levels.end()
+        );
     }
     let input = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
     let t0 = Instant::now();
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(input.len() / 4),
-        flate2::Compression::new(level),
-    );
-    // Feed it in 64 KiB writes, as a streaming compressor would see the data.
-    for block in input.chunks(64 << 10) {
-        enc.write_all(block)?;
-    }
-    let output = enc.finish()?;
+    let sink = Vec::with_capacity(input.len() / 4);
+    // Fed in 64 KiB writes, as a streaming compressor would see the data.
+    let output = if codec == "zstd" {
+        let mut enc = zstd::stream::write::Encoder::new(sink, level as i32)?;
+        enc.include_checksum(false)?;
+        enc.window_log(20)?;
+        for block in input.chunks(64 << 10) {
+            enc.write_all(block)?;
+        }
+        enc.finish()?
+    } else {
+        let mut enc = flate2::write::GzEncoder::new(sink, flate2::Compression::new(level));
+        for block in input.chunks(64 << 10) {
+            enc.write_all(block)?;
+        }
+        enc.finish()?
+    };
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
     if let Some(out) = out {
         std::fs::write(out, &output)?;
     }
+    println!("compress.codec: {codec}");
     println!("compress.level: {level}");
     println!("compress.input_bytes: {}", input.len());
     println!("compress.output_bytes: {}", output.len());
