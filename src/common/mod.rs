@@ -1,6 +1,6 @@
 //! What every stage uses and none owns: human-friendly units for the config files
-//! ([`units`]), the time of an event ([`time`]), secrets that cannot reach a log line
-//! ([`secret`]), the process's shutdown signal ([`shutdown`]), retry backoff ([`retry`]), the
+//! ([`units`]), listen addresses and bind errors ([`net`]), the time of an event ([`time`]),
+//! secrets that cannot reach a log line ([`secret`]), the process's shutdown signal ([`shutdown`]), retry backoff ([`retry`]), the
 //! TLS client ([`tls`]) and the AWS client factory ([`aws`]).
 //!
 //! Must never: depend on a stage (every stage depends on this, so an import back would be a
@@ -8,6 +8,7 @@
 
 #[cfg(any(feature = "s3", feature = "sqs"))]
 pub mod aws;
+pub mod net;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

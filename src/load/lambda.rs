@@ -63,7 +63,11 @@ pub fn bootstrap() -> Option<Result<()>> {
             "1" | "t" | "true" | "y" | "yes" | "on"
         )
     });
-    crate::telemetry::init_logging(debug);
+    let logging = crate::telemetry::LogSettings::from_env(debug)
+        .and_then(|settings| crate::telemetry::init_logging(&settings));
+    if let Err(e) = logging {
+        return Some(Err(e));
+    }
     Some(main(std::env::var("RIN_CONFIG").unwrap_or_default()))
 }
 
