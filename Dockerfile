@@ -5,7 +5,7 @@
 #   docker build -t rin-ship:redshift --build-arg FEATURES=redshift,lambda .
 #   docker run -p 24224:24224 -p 9880:9880 -p 2021:2021 -v rin-data:/var/lib/rin-ship rin-ship
 #
-# The first build compiles every dependency (the AWS SDKs are most of it): about 10 minutes on
+# The first build compiles every dependency (the AWS SDKs are most of it): about 17 minutes on
 # 2 cores. .dockerignore leaves target/ and .git out of the context, hence RIN_SHIP_COMMIT.
 # The build steps are packaging/docker/build.sh, which CI also runs on the host.
 

@@ -7,7 +7,7 @@
 //!
 //! - [`store`] and [`queue`]: the objects and the notifications between shipping and loading;
 //! - [`load`]: the warehouse loader (`rin-ship import`, and `serve`'s embedded loader);
-//! - [`ops`]: commands on top (`backfill`, `maintain`, `query`).
+//! - [`ops`]: commands on top (`backfill`, `maintain`, `query`, `top`, `health`).
 //!
 //! Around them: [`config`] (serve's YAML), [`common`] (units, secrets, shutdown, retry, AWS),
 //! [`telemetry`] (logs, metrics), [`pipeline`] (serve's wiring and shutdown). The hot path
