@@ -2,6 +2,7 @@
 # End-to-end intake benchmark for rin-ship (forward, or HTTP NDJSON). See docs/benchmarks.md.
 #
 #   benches/run.sh                      # 1M records, level 6, 2 connections, Fluent forward
+#   COMPRESSION=zstd LEVEL=1 benches/run.sh   # zstd objects, against libzstd alone
 #   RECORDS=200000 LEVEL=1 CONNECTIONS=4 benches/run.sh
 #   MODE=http benches/run.sh            # the same records as NDJSON bodies POSTed to the HTTP intake
 #
@@ -11,7 +12,8 @@
 #                      per frame (same tag and records), one request in flight per connection
 #   HTTP_PORT [24298]  HTTP_TIME [rfc3339]  (http mode: the intake's port; `time` field as an
 #                      RFC 3339 string or `epoch` seconds)
-#   RECORDS [1000000]  LEVEL [6]  CONNECTIONS [2]  WINDOW [4]  PER_FRAME [1000]  SEED [1]
+#   COMPRESSION [gzip] buffer.compression: gzip or zstd (objects .json.gz / .json.zst)
+#   RECORDS [1000000]  LEVEL [6 for gzip, 3 for zstd]  CONNECTIONS [2]  WINDOW [4]  PER_FRAME [1000]  SEED [1]
 #   PORT [24299]  SHARDS [0 = one per core]  SEAL_BYTES [64MiB]  SEAL_AGE [60s]
 #   CARGO_FLAGS [""]   e.g. "--no-default-features" for a build without the S3 store
 #   SKIP_BUILD [0]     1: use the binaries already in target/
@@ -24,7 +26,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 RECORDS=${RECORDS:-1000000}
-LEVEL=${LEVEL:-6}
+COMPRESSION=${COMPRESSION:-gzip}
+case $COMPRESSION in
+    gzip) LEVEL=${LEVEL:-6} ENGINE="flate2 (zlib-rs)" EXT=gz ;;
+    zstd) LEVEL=${LEVEL:-3} ENGINE="libzstd" EXT=zst ;;
+    *) echo "[run.sh] ERROR: COMPRESSION must be gzip or zstd, not $COMPRESSION" >&2; exit 1 ;;
+esac
 CONNECTIONS=${CONNECTIONS:-2}
 WINDOW=${WINDOW:-4}
 PER_FRAME=${PER_FRAME:-1000}
@@ -46,6 +53,7 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $MODE == forward || $MODE == http ]] || die "MODE must be forward or http, not $MODE"
 [[ -r /proc/self/stat ]] || die "needs Linux /proc"
 command -v gzip >/dev/null || die "gzip not found"
+[[ $COMPRESSION != zstd ]] || command -v zstd >/dev/null || die "zstd CLI not found (apt-get install zstd)"
 CLK_TCK=$(getconf CLK_TCK)
 NPROC=$(nproc)
 
@@ -93,7 +101,7 @@ data_dir: $DATA_DIR
 node: bench
 forward: {bind: "127.0.0.1:$PORT"}
 metrics: {enabled: false}
-buffer: {seal_bytes: $SEAL_BYTES, seal_age: $SEAL_AGE, compression_level: $LEVEL, shards: $SHARDS}
+buffer: {seal_bytes: $SEAL_BYTES, seal_age: $SEAL_AGE, compression: $COMPRESSION, compression_level: $LEVEL, shards: $SHARDS}
 targets: [{name: default, match: ["**"], store: local}]
 EOF
 WAIT_PORTS=$PORT
@@ -244,14 +252,19 @@ OBJ_DIR=$DATA_DIR/objects
 [[ -d $OBJ_DIR ]] || die "no objects folder $OBJ_DIR"
 OBJECTS=$(find "$OBJ_DIR" -type f | wc -l)
 OBJ_BYTES=$(find "$OBJ_DIR" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
-BUFFER_LEFT=$( (find "$DATA_DIR/buffer" -mindepth 2 -type f \( -name "*.json.gz" -o -name "*.journal" \) 2>/dev/null || true) | wc -l)  # .shipped journals are kept on purpose (resend dedupe)
+BUFFER_LEFT=$( (find "$DATA_DIR/buffer" -mindepth 2 -type f \( -name "*.json.gz" -o -name "*.json.zst" -o -name "*.journal" \) 2>/dev/null || true) | wc -l)  # .shipped journals are kept on purpose (resend dedupe)
 NDJSON=$RUN/all.ndjson
-find "$OBJ_DIR" -type f -print0 | sort -z | xargs -0 -r gzip -dc >"$NDJSON"
+WRONG_EXT=$(find "$OBJ_DIR" -type f ! -name "*.json.$EXT" | wc -l)
+# Each object by its own codec (a wrong one shows as a decode failure and a line count short).
+find "$OBJ_DIR" -type f -print0 | sort -z | while IFS= read -r -d '' obj; do
+    case $obj in *.zst) zstd -dcq "$obj" ;; *) gzip -dc "$obj" ;; esac
+done >"$NDJSON"
 NDJSON_BYTES=$(stat -c %s "$NDJSON")
 LINES=$(wc -l <"$NDJSON")
 CHECKS_OK=1
 [[ $REPLAY_RC == 0 ]] || { log "FAIL: replay failed (missing or wrong acks / non-2xx answers)"; CHECKS_OK=0; }
 [[ $SERVER_RC == 0 ]] || { log "FAIL: server exit status $SERVER_RC"; CHECKS_OK=0; }
+[[ $WRONG_EXT == 0 ]] || { log "FAIL: $WRONG_EXT object(s) not named *.json.$EXT"; CHECKS_OK=0; }
 [[ $LINES == "$RECORDS" ]] || { log "FAIL: $LINES NDJSON lines, expected $RECORDS"; CHECKS_OK=0; }
 if ! "$BENCH" verify --meta "$STREAM.meta" --file "$NDJSON" >"$RUN/verify.out"; then
     log "FAIL: verify (see below)"; CHECKS_OK=0
@@ -264,10 +277,19 @@ log "baseline: gzip -6"
 GZIP_BYTES=$(stat -c %s "$RUN/all.gz")
 GZIP_CPU=$(awk '{ printf "%.2f", $1 + $2 }' "$RUN/gzip.time")
 rm -f "$RUN/all.gz"
-log "baseline: flate2 (zlib-rs) level $LEVEL"
-"$BENCH" compress --level "$LEVEL" --file "$NDJSON" >"$RUN/compress.out"
+log "baseline: $ENGINE level $LEVEL alone, one thread, 64 KiB writes"
+"$BENCH" compress --codec "$COMPRESSION" --level "$LEVEL" --file "$NDJSON" >"$RUN/compress.out"
 FL_BYTES=$(awk '/^compress.output_bytes:/ {print $2}' "$RUN/compress.out")
 FL_CPU=$(awk '/^compress.cpu_s:/ {print $2}' "$RUN/compress.out")
+CLI_LABEL= CLI_BYTES=0 CLI_CPU=0
+if [[ $COMPRESSION == zstd ]]; then
+    CLI_LABEL="zstd -$LEVEL (CLI, one thread)"
+    log "baseline: $CLI_LABEL"
+    /usr/bin/time -f '%U %S' -o "$RUN/zstd.time" zstd -q -T1 "-$LEVEL" -c "$NDJSON" >"$RUN/all.zst"
+    CLI_BYTES=$(stat -c %s "$RUN/all.zst")
+    CLI_CPU=$(awk '{ printf "%.2f", $1 + $2 }' "$RUN/zstd.time")
+    rm -f "$RUN/all.zst"
+fi
 
 # ---------------------------------------------------------------------------- report
 rv() { awk -v k="$1" '$1 == k":" {print $2}' "$RUN/replay.out"; }
@@ -299,6 +321,7 @@ awk \
     -v objs="$OBJECTS" -v objbytes="$OBJ_BYTES" -v ndjson="$NDJSON_BYTES" -v streamb="$IN_BYTES" \
     -v title="$TITLE" -v shape="$SHAPE" -v latlabel="$LAT_LABEL" -v inlabel="$IN_LABEL" \
     -v gzb="$GZIP_BYTES" -v gzc="$GZIP_CPU" -v flb="$FL_BYTES" -v flc="$FL_CPU" -v level="$LEVEL" \
+    -v engine="$ENGINE" -v codec="$COMPRESSION" -v clilabel="$CLI_LABEL" -v clib="$CLI_BYTES" -v clic="$CLI_CPU" \
     -v p50="${P50:-nan}" -v p99="${P99:-nan}" -v ccpu="${CLIENT_CPU:-0}" -v nproc="$NPROC" \
     -v conns="$CONNECTIONS" -v window="$WINDOW" -v left="$BUFFER_LEFT" \
     -v m0="${MACHINE_START:-0}" -v mack="${MACHINE_ACKED:-0}" '
@@ -313,7 +336,7 @@ BEGIN {
     rb = gzb > 0 ? objbytes / gzb : 0
     rc = flc > 0 ? scpu / flc : 0
     rc_replay = flc > 0 ? replay_cpu / flc : 0
-    printf "\n== rin-ship %s: %d records, level %d, %s, %d cores ==\n", title, records, level, shape, nproc
+    printf "\n== rin-ship %s: %d records, %s level %d, %s, %d cores ==\n", title, records, codec, level, shape, nproc
     printf "%-46s %16s   %s\n", "figure", "value", "target"
     printf "%-46s %16d\n", "events acked", events
     printf "%-46s %16.2f\n", "replay wall s (first send -> last ack)", wall
@@ -339,11 +362,20 @@ BEGIN {
     printf "%-46s %16d\n", "rin-ship compressed bytes (sum of objects)", objbytes
     printf "%-46s %16d\n", "gzip -6 bytes", gzb
     printf "%-46s %16.2f\n", "gzip -6 CPU s", gzc
-    printf "%-46s %16d\n", "flate2 (zlib-rs) level " level " bytes", flb
-    printf "%-46s %16.2f\n", "flate2 (zlib-rs) level " level " CPU s", flc
-    printf "%-46s %16.3f   %s (<= 1.03)\n", "ratio bytes rin-ship / gzip -6", rb, pf(rb > 0 && rb <= 1.03)
-    printf "%-46s %16.2f   %s (<= 1.30)\n", "ratio CPU rin-ship / flate2 level " level, rc, pf(rc > 0 && rc <= 1.30)
-    printf "%-46s %16.2f\n", "ratio CPU (replay only) / flate2 level " level, rc_replay
+    printf "%-46s %16d\n", engine " level " level " bytes", flb
+    printf "%-46s %16.2f\n", engine " level " level " CPU s", flc
+    if (clilabel != "") {
+        printf "%-46s %16d\n", clilabel " bytes", clib
+        printf "%-46s %16.2f\n", clilabel " CPU s", clic
+    }
+    # gzip: within 3% of gzip -6 (at the default level); zstd: no larger than gzip -6.
+    bmax = codec == "zstd" ? 1.00 : 1.03
+    printf "%-46s %16.3f   %s (<= %.2f)\n", "ratio bytes rin-ship / gzip -6", rb, pf(rb > 0 && rb <= bmax), bmax
+    printf "%-46s %16.2f   %s (<= 1.30)\n", "ratio CPU rin-ship / " engine " " level, rc, pf(rc > 0 && rc <= 1.30)
+    printf "%-46s %16.2f\n", "ratio CPU (replay only) / " engine " " level, rc_replay
+    if (clic > 0) printf "%-46s %16.2f\n", "ratio CPU rin-ship / " clilabel, scpu / clic
+    nonc = events > 0 ? (scpu - flc) * 1e6 / events : 0
+    printf "%-46s %16.2f   %s (<= 0.50)\n", "non-compressor CPU s per 1M (rin-ship - alone)", nonc, pf(nonc <= 0.5)
 }'
 
 if [[ $MODE == http ]]; then

@@ -4,7 +4,7 @@
 
 use crate::buffer::BufferConfig;
 use crate::common::codec::Codec;
-use crate::common::units::Span;
+use crate::common::units::{ByteSize, Span};
 use crate::intake::forward::ForwardConfig;
 use crate::intake::route::TagPattern;
 use crate::intake::transcode::TimeFormat;
@@ -39,6 +39,10 @@ pub struct Config {
     /// counted, logged), never dropped silently.
     pub fallback: String,
     pub metrics: MetricsConfig,
+    /// Memory every decompressed payload alive at once may hold (forward and HTTP, all
+    /// connections together); past it a payload is refused as busy and its client resends
+    /// it. At least each intake's `max_decompressed_bytes`.
+    pub decompress_memory: ByteSize,
     /// Run the loader inside `serve`: local stores notify the local queue under
     /// `<data_dir>/queue/`, and each object is loaded into the embedded warehouse
     /// (`<data_dir>/warehouse.db`, SQLite). Default: on without a config file, off with one.
@@ -78,6 +82,7 @@ impl Default for Config {
             targets: Vec::new(),
             fallback: String::new(),
             metrics: MetricsConfig::default(),
+            decompress_memory: ByteSize(256 << 20),
             embedded_load: None,
         }
     }
@@ -136,7 +141,10 @@ impl Config {
         expand_env(&mut value, &mut String::new())?;
         serde_path_to_error::deserialize(value).map_err(|err| {
             let path = err.path().to_string();
-            anyhow::anyhow!("field `{path}`: {}", err.into_inner())
+            anyhow::anyhow!(
+                "field `{path}`: {}",
+                plain_type_error(&err.into_inner().to_string())
+            )
         })
     }
 
@@ -153,9 +161,8 @@ impl Config {
         c.buffer.seal_age = Span(EMBEDDED_SEAL_AGE);
         let addr = |name: &str, into: &mut SocketAddr| -> Result<()> {
             if let Some(v) = env(name).filter(|v| !v.is_empty()) {
-                *into = v
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("environment variable {name}={v:?}: {e}"))?;
+                *into = crate::common::net::parse_bind(&v)
+                    .map_err(|e| anyhow::anyhow!("environment variable {name}: {e}"))?;
             }
             Ok(())
         };
@@ -302,6 +309,27 @@ impl Config {
         }
         self.forward.validate()?;
         self.http.validate()?;
+        for (field, cap, enabled) in [
+            (
+                "forward.max_decompressed_bytes",
+                self.forward.max_decompressed_bytes,
+                self.forward.enabled,
+            ),
+            (
+                "http.max_decompressed_bytes",
+                self.http.max_decompressed_bytes,
+                self.http.enabled,
+            ),
+        ] {
+            if enabled && cap.0 > self.decompress_memory.0 {
+                bail!(
+                    "field `{field}`: {} bytes is more than `decompress_memory` ({} bytes), so \
+                     such a payload could never be taken: lower it, or raise decompress_memory",
+                    cap.0,
+                    self.decompress_memory.0
+                );
+            }
+        }
         self.buffer.validate()?;
         if self.ship.concurrency == 0 {
             bail!("field `ship.concurrency`: at least 1");
@@ -346,6 +374,36 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// serde's type errors in words a config file's author uses: `invalid type: string "many",
+/// expected usize` becomes `"many" is not a whole number: write one, e.g. 1024`.
+fn plain_type_error(msg: &str) -> String {
+    let Some(rest) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+    else {
+        return msg.to_string();
+    };
+    let Some((got, expected)) = rest.split_once(", expected ") else {
+        return msg.to_string();
+    };
+    let got = got
+        .strip_prefix("string ")
+        .or_else(|| got.strip_prefix("integer "))
+        .or_else(|| got.strip_prefix("floating point "))
+        .unwrap_or(got);
+    let want = match expected.trim() {
+        "usize" | "u64" | "u32" | "u16" | "u8" => {
+            "is not a whole number (0 or more): write one, e.g. 1024"
+        }
+        "i64" | "i32" | "isize" => "is not a whole number: write one, e.g. 10",
+        "a boolean" => "is not true or false",
+        "f64" | "f32" => "is not a number: write one, e.g. 0.5",
+        "a string" => "is not text: quote it, e.g. \"value\"",
+        _ => return msg.to_string(),
+    };
+    format!("{got} {want}")
 }
 
 /// `buffer.seal_age` without a config file (see [`Config::embedded`]).
@@ -460,6 +518,43 @@ mod tests {
         assert!(msg.contains("buffer.seal_bytes"), "{msg}");
         let err = Config::parse("targets:\n  - name: a\n    colour: red\n").unwrap_err();
         assert!(format!("{err:#}").contains("colour"), "{err:#}");
+    }
+
+    #[test]
+    fn type_errors_say_what_to_write() {
+        let msg = format!(
+            "{:#}",
+            Config::parse("forward:\n  max_connections: many\n").unwrap_err()
+        );
+        assert!(
+            msg.contains("forward.max_connections")
+                && msg.contains("\"many\" is not a whole number"),
+            "{msg}"
+        );
+        let msg = format!(
+            "{:#}",
+            Config::parse("http:\n  enabled: maybe\n").unwrap_err()
+        );
+        assert!(msg.contains("is not true or false"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            Config::parse("forward:\n  bind: 24224\n").unwrap_err()
+        );
+        assert!(
+            msg.contains("forward.bind") && msg.contains("127.0.0.1:24224"),
+            "{msg}"
+        );
+        let c = Config::parse("forward:\n  bind: localhost:24224\n").unwrap();
+        assert!(c.forward.bind.ip().is_loopback());
+    }
+
+    #[test]
+    fn a_frame_cap_above_the_decompression_budget_is_refused() {
+        let e = err("decompress_memory: 64MiB\nforward:\n  max_decompressed_bytes: 128MiB\n");
+        assert!(
+            e.contains("forward.max_decompressed_bytes") && e.contains("decompress_memory"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! - [`store`] and [`queue`]: the objects and the notifications between shipping and loading;
 //! - [`load`]: the warehouse loader (`rin-ship import`, and `serve`'s embedded loader);
-//! - [`ops`]: commands on top (`backfill`, `maintain`, `query`).
+//! - [`ops`]: commands on top (`backfill`, `maintain`, `query`, `top`, `health`).
 //!
 //! Around them: [`config`] (serve's YAML), [`common`] (units, secrets, shutdown, retry, AWS),
 //! [`telemetry`] (logs, metrics), [`pipeline`] (serve's wiring and shutdown). The hot path
@@ -25,17 +25,30 @@ mod ship;
 mod store;
 mod telemetry;
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "rin-ship",
-    version,
+    version = telemetry::LONG_VERSION,
     about = "Ship logs from fluentd, fluent-bit and Vector to S3 and Redshift, exactly once"
 )]
 struct Cli {
+    /// Which log lines to write (stderr): a level (error, warn, info, debug, trace) or
+    /// directives such as `info,rin_ship=debug`.
+    #[arg(long, global = true, env = "RIN_SHIP_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// How to write log lines: text, or one JSON object per line (for log collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "RIN_SHIP_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT"
+    )]
+    log_format: Option<telemetry::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +140,32 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A live view of a running `serve` or `import` from its /metrics (like `vector top`):
+    /// events in and out, buffer fill and oldest chunk, uploads and loads with latencies and
+    /// errors. Ctrl-C quits.
+    Top {
+        /// Its metrics endpoint: `metrics.bind` of serve, `rin_ship.metrics_bind` of import
+        /// (host:port or an http:// URL; 0.0.0.0 means this machine).
+        #[arg(default_value = "127.0.0.1:2021", env = "RIN_SHIP_METRICS_BIND")]
+        addr: String,
+        /// Time between scrapes (rates are over this).
+        #[arg(long, default_value = "2s", value_parser = common::units::parse_duration)]
+        interval: std::time::Duration,
+        /// Print one view (rates over one interval) without clearing the screen, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Exit 0 when a running rin-ship answers on /healthz (with --ready: /readyz), else 1: a
+    /// container HEALTHCHECK that needs no curl.
+    Health {
+        /// Its metrics endpoint (host:port or an http:// URL; 0.0.0.0 means this machine).
+        #[arg(default_value = "127.0.0.1:2021", env = "RIN_SHIP_METRICS_BIND")]
+        addr: String,
+        /// Ask /readyz instead (not ready: the buffer is at its quota, or import cannot reach
+        /// its queue or warehouse).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Table maintenance: VACUUM / ANALYZE the loaded tables when their statistics call for it
     /// (Rin config, `rin_ship.maintenance:`), every `interval` until SIGTERM.
     Maintain {
@@ -197,19 +236,34 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cli = Cli::parse_from(load::rin::flags::rin_flags(std::env::args_os()));
+    let matches = Cli::command().get_matches_from(load::rin::flags::rin_flags(std::env::args_os()));
+    let config_from_env = matches.subcommand().is_some_and(|(_, sub)| {
+        sub.ids().any(|id| id.as_str() == "config")
+            && sub.value_source("config") == Some(clap::parser::ValueSource::EnvVariable)
+    });
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     #[cfg(all(feature = "s3", feature = "sqs"))]
     let debug = matches!(cli.command, Command::Import { debug: true, .. });
     #[cfg(not(all(feature = "s3", feature = "sqs")))]
     let debug = false;
-    match &cli.command {
+    let logging = telemetry::LogSettings {
+        filter: cli.log_level.clone(),
+        format: cli.log_format,
+        debug,
+    };
+    let logging = match &cli.command {
         // Log lines are written around its progress bar.
         #[cfg(all(feature = "s3", feature = "sqs"))]
-        Command::Backfill { .. } => ops::backfill::init_logging(),
-        _ => telemetry::init_logging(debug),
+        Command::Backfill { .. } => ops::backfill::init_logging(&logging),
+        _ => telemetry::init_logging(&logging),
+    };
+    if let Err(e) = logging {
+        eprintln!("rin-ship: error: {e:#}");
+        return ExitCode::from(2);
     }
+    let load_config = |path: Option<&Path>| load_config(path, config_from_env);
     let result = match cli.command {
-        Command::Serve { config } => config::Config::load(config.as_deref()).and_then(|config| {
+        Command::Serve { config } => load_config(config.as_deref()).and_then(|config| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("rin-ship")
@@ -223,7 +277,7 @@ fn main() -> ExitCode {
             json,
         } => data_dir
             .map(Ok)
-            .unwrap_or_else(|| config::Config::load(config.as_deref()).map(|c| c.data_dir))
+            .unwrap_or_else(|| load_config(config.as_deref()).map(|c| c.data_dir))
             .and_then(|dir| {
                 let mut out = std::io::stdout().lock();
                 ops::query::run(&dir.join("warehouse.db"), &sql, json, &mut out)
@@ -231,7 +285,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config, import } if import || is_import_config(&config) => {
             check_import_config(config)
         }
-        Command::CheckConfig { config, .. } => config::Config::load(config.as_deref()).map(|c| {
+        Command::CheckConfig { config, .. } => load_config(config.as_deref()).map(|c| {
             println!(
                 "config ok: {} target(s), {} store(s)",
                 c.targets.len(),
@@ -286,6 +340,12 @@ fn main() -> ExitCode {
             batch_objects,
             dry_run,
         }),
+        Command::Top {
+            addr,
+            interval,
+            once,
+        } => ops::top::main(&addr, interval, once),
+        Command::Health { addr, ready } => ops::top::health(&addr, ready),
         Command::Maintain {
             config,
             once,
@@ -303,6 +363,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// serve's config ([`config::Config::load`]); an error says so when the path came from
+/// `RIN_SHIP_CONFIG` rather than the command line (a stale variable is easy to forget).
+fn load_config(path: Option<&Path>, from_env: bool) -> anyhow::Result<config::Config> {
+    config::Config::load(path).map_err(|e| match path {
+        Some(p) if from_env => e.context(format!(
+            "RIN_SHIP_CONFIG={} (set in the environment; unset it or pass --config FILE)",
+            p.display()
+        )),
+        _ => e,
+    })
 }
 
 #[cfg(all(test, feature = "s3", feature = "sqs"))]

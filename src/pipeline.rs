@@ -15,7 +15,10 @@ use crate::load::embedded::Embedded;
 use crate::queue::local::LocalQueue;
 use crate::ship::key::KeyTemplate;
 use crate::ship::{Shipper, TargetSpec};
+use crate::telemetry::catalog::Part;
+use crate::telemetry::{Collector, Health, Listen, Ops};
 use anyhow::{Context, Result};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,7 +31,12 @@ pub async fn serve(config: Config) -> Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let _lock = lock_dir(&config.data_dir)?;
     let node = node_id(&config)?;
-    let metrics = crate::telemetry::install_metrics()?;
+    let mut parts = vec![Part::Process, Part::Serve];
+    if config.embedded_load() {
+        parts.extend([Part::Load, Part::LocalQueue]);
+    }
+    let metrics = crate::telemetry::install_metrics(&parts)?;
+    crate::intake::decompress::BUDGET.set_limit(config.decompress_memory.0 as usize);
 
     let partition_by_tag: Vec<bool> = config
         .targets
@@ -78,7 +86,13 @@ pub async fn serve(config: Config) -> Result<()> {
     let shipping = tokio::spawn(shipper.run(sealed_rx));
 
     if config.metrics.enabled {
-        crate::telemetry::serve_ops(config.metrics.bind, metrics, buffer.usage.clone()).await?;
+        let ops = ops(&buffer, local_queue.as_ref(), metrics);
+        let listen = Listen {
+            addr: config.metrics.bind,
+            setting: "metrics.bind",
+            env: Some("RIN_SHIP_METRICS_BIND"),
+        };
+        crate::telemetry::serve_ops(listen, ops).await?;
     }
     let tick_every =
         (config.buffer.seal_age.0 / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
@@ -166,6 +180,50 @@ pub async fn serve(config: Config) -> Result<()> {
         e.shutdown(deadline_at).await;
     }
     Ok(())
+}
+
+/// What serve's operations endpoint answers from: readiness is the buffer's quota; the
+/// buffer's fill, its oldest chunk, the local queue and the decompression budget are read at
+/// each scrape.
+fn ops(buffer: &Arc<Buffer>, queue: Option<&LocalQueue>, handle: PrometheusHandle) -> Ops {
+    let health = Health::exported();
+    let usage = buffer.usage.clone();
+    health.probe("buffer", move || {
+        if usage.is_full() {
+            Err(format!(
+                "the buffer is at its disk quota ({} bytes, buffer.quota): intake is pushing \
+                 back until uploads free room",
+                usage.quota()
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    let quota = buffer.usage.quota();
+    metrics::gauge!("rin_buffer_quota_bytes").set(quota as f64);
+    let budget = &crate::intake::decompress::BUDGET;
+    metrics::gauge!("rin_decompress_budget_bytes").set(budget.limit() as f64);
+    let mut collectors: Vec<Collector> = Vec::new();
+    let (usage, backlog) = (buffer.usage.clone(), buffer.backlog.clone());
+    collectors.push(Box::new(move || {
+        metrics::gauge!("rin_buffer_fill_ratio").set(usage.used() as f64 / quota.max(1) as f64);
+        metrics::gauge!("rin_buffer_oldest_chunk_age_seconds")
+            .set(backlog.oldest_age().as_secs_f64());
+        metrics::gauge!("rin_decompress_bytes").set(budget.used() as f64);
+    }));
+    if let Some(queue) = queue.cloned() {
+        collectors.push(Box::new(move || {
+            let (ready, inflight) = queue.depth();
+            metrics::gauge!("rin_local_queue_messages", "state" => "ready").set(ready as f64);
+            metrics::gauge!("rin_local_queue_messages", "state" => "inflight").set(inflight as f64);
+            metrics::gauge!("rin_local_queue_messages", "state" => "dead").set(queue.dead() as f64);
+        }));
+    }
+    Ops {
+        handle,
+        health,
+        collectors,
+    }
 }
 
 /// The in-process loader, when `embedded_load` is on.

@@ -7,8 +7,17 @@
 //! partition (the tag, when the target's key uses it). A writer takes every batch queued for
 //! it, compresses them, and commits once for the lot (group commit), then answers all their
 //! submitters. `recover.rs` brings back what a previous run left, `usage.rs` is the disk quota,
-//! `dedupe.rs` the ids of recently stored batches, `chunk.rs` one chunk's files.
+//! `backlog.rs` the age of what is not uploaded yet, `dedupe.rs` the ids of recently stored
+//! batches, `chunk.rs` one chunk's files.
+//!
+//! Which writer takes a batch is decided per connection ([`Source`]), not batch by batch:
+//! every batch of one connection and partition goes to the same writer, whose queue is
+//! first-in first-out and whose chunks of a partition follow each other in sequence order, so
+//! one connection's events keep their order across objects. Connections spread over the
+//! writers (each new one goes to the writer with the fewest), which is what spreads a busy
+//! tag over the cores.
 
+mod backlog;
 pub mod chunk;
 mod config;
 mod dedupe;
@@ -18,6 +27,7 @@ mod seq;
 mod usage;
 mod writer;
 
+pub use backlog::Backlog;
 pub use config::BufferConfig;
 pub use dedupe::{Claim, ClaimGuard, Dedupe};
 pub use usage::Usage;
@@ -101,7 +111,7 @@ pub type Sealed = (usize, SealedChunk);
 /// Uncompressed bytes that may wait in writer queues at once (in KiB permits): bounds memory
 /// whatever the frame sizes, and makes intake wait when compression falls behind.
 const INFLIGHT_KIB: usize = 32 << 10;
-/// Batches a writer's queue holds; enough that a quiet tag keeps to its home writer.
+/// Batches a writer's queue holds before a submit to it waits.
 const QUEUE_DEPTH: usize = 64;
 
 pub struct Buffer {
@@ -110,7 +120,24 @@ pub struct Buffer {
     inflight: Arc<Semaphore>,
     pub usage: Arc<Usage>,
     pub dedupe: Arc<Dedupe>,
+    /// The chunks not uploaded yet, by age.
+    pub backlog: Arc<Backlog>,
+    /// Live sources (connections) per writer slot: where the next one goes.
+    sources: Arc<Vec<AtomicUsize>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Where one connection's batches go: a writer slot, kept for the connection's life (see the
+/// module docs). Dropping it frees the slot for the next connection.
+pub struct Source {
+    slot: usize,
+    sources: Arc<Vec<AtomicUsize>>,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.sources[self.slot].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Lane {
@@ -132,16 +159,26 @@ impl Buffer {
         std::fs::create_dir_all(root)?;
         let usage = Arc::new(Usage::new(config.quota.0));
         let dedupe = Arc::new(Dedupe::new(config.dedupe_window.0));
+        let dirs: Vec<PathBuf> = targets.iter().map(|t| root.join(&t.name)).collect();
+        let backlog = Arc::new(Backlog::new(dirs.clone()));
         let mut max_seq = 0u64;
-        for (index, target) in targets.iter().enumerate() {
-            let dir = root.join(&target.name);
-            std::fs::create_dir_all(&dir)?;
-            max_seq = max_seq.max(recover_dir(&dir, &usage, &dedupe, |chunk| {
+        for (index, dir) in dirs.iter().enumerate() {
+            std::fs::create_dir_all(dir)?;
+            max_seq = max_seq.max(recover_dir(dir, &usage, &dedupe, |chunk| {
+                // Waiting since its last write at the latest.
+                let since = std::fs::metadata(&chunk.journal_path)
+                    .and_then(|m| m.modified())
+                    .unwrap_or_else(|_| std::time::SystemTime::now());
+                backlog.opened(chunk.seq, since);
                 let _ = sealed.send((index, chunk));
             })?);
         }
         warn_unknown_dirs(root, targets);
-        let seqs = Arc::new(SeqAllocator::open(&root.join("seq.next"), max_seq + 1)?);
+        let seqs = Arc::new(SeqAllocator::open(
+            &root.join("seq.next"),
+            max_seq + 1,
+            backlog.clone(),
+        )?);
         let mut lanes = Vec::new();
         let mut threads = Vec::new();
         for (index, target) in targets.iter().enumerate() {
@@ -177,17 +214,51 @@ impl Buffer {
         }
         Ok(Buffer {
             lanes,
-            dirs: targets.iter().map(|t| root.join(&t.name)).collect(),
+            dirs,
             inflight: Arc::new(Semaphore::new(INFLIGHT_KIB)),
             usage,
             dedupe,
+            backlog,
+            sources: Arc::new(
+                (0..config.shards.max(1))
+                    .map(|_| AtomicUsize::new(0))
+                    .collect(),
+            ),
             threads: Mutex::new(threads),
         })
     }
 
-    /// Queues a batch for `target`; waits only when every writer of the target is busy
-    /// (that wait is the backpressure). The returned receiver says when it is durable.
-    pub async fn submit(&self, target: usize, batch: Batch) -> Result<Durable, StoreError> {
+    /// A new connection's writer slot: the slot with the fewest live connections (ties: the
+    /// one whose writers hold the fewest batches right now).
+    pub fn source(&self) -> Source {
+        let load = |slot: usize| {
+            let held: usize = self
+                .lanes
+                .iter()
+                .filter_map(|l| l.busy.get(slot))
+                .map(|b| b.load(Ordering::Relaxed))
+                .sum();
+            (self.sources[slot].load(Ordering::Relaxed), held)
+        };
+        let slot = (0..self.sources.len())
+            .min_by_key(|&s| load(s))
+            .unwrap_or(0);
+        self.sources[slot].fetch_add(1, Ordering::Relaxed);
+        Source {
+            slot,
+            sources: self.sources.clone(),
+        }
+    }
+
+    /// Queues a batch for `target` with the writer of `source` and its partition; waits only
+    /// when that writer's queue is full (that wait is the backpressure). The returned receiver
+    /// says when it is durable.
+    pub async fn submit(
+        &self,
+        target: usize,
+        batch: Batch,
+        source: &Source,
+    ) -> Result<Durable, StoreError> {
         let shards = &self.lanes[target].shards;
         let (done, durable) = oneshot::channel();
         let kib = (batch.lines.capacity() / 1024 + 1).min(INFLIGHT_KIB) as u32;
@@ -197,24 +268,14 @@ impl Buffer {
             .acquire_many_owned(kib)
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        // A quiet partition keeps to its home writer, so it fills one chunk at a time; once
-        // the home writer has work queued, the batch goes to the least busy writer instead, so
-        // a hot tag spreads over every writer and core.
-        let home = {
+        // The connection's slot, turned by the partition: one connection's tags spread over
+        // the writers too, and a partition of one connection always lands on the same one.
+        let pick = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             batch.partition.hash(&mut h);
-            h.finish() as usize % shards.len()
+            (h.finish() as usize).wrapping_add(source.slot) % shards.len()
         };
         let busy = &self.lanes[target].busy;
-        let queued = |i: usize| busy[i].load(Ordering::Relaxed);
-        let pick = if queued(home) == 0 {
-            home
-        } else {
-            (0..shards.len())
-                .map(|k| (home + k) % shards.len())
-                .min_by_key(|&i| queued(i))
-                .unwrap_or(home)
-        };
         busy[pick].fetch_add(1, Ordering::Relaxed);
         if shards[pick]
             .send(ShardMsg::Append(batch, done, permit))
@@ -296,7 +357,7 @@ mod tests {
             claim: Some(claim),
         };
         // The connection is gone: the durability receiver is dropped unread.
-        drop(buffer.submit(0, batch).await.unwrap());
+        drop(buffer.submit(0, batch, &buffer.source()).await.unwrap());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match buffer.dedupe.claim(b"chunk-1") {
@@ -311,6 +372,110 @@ mod tests {
             assert!(Instant::now() < deadline);
         }
         buffer.close().await;
+    }
+
+    /// Every line of every sealed chunk, chunks in sequence order.
+    fn lines_in_order(chunks: &mut [SealedChunk]) -> Vec<String> {
+        use std::io::Read;
+        chunks.sort_by_key(|c| c.seq);
+        let mut out = Vec::new();
+        for c in chunks.iter() {
+            let mut text = String::new();
+            flate2::read::MultiGzDecoder::new(std::fs::File::open(&c.data_path).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
+            out.extend(text.lines().map(str::to_string));
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_connections_events_keep_their_order_across_chunks_while_its_writer_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            dir: dir.path().join("buffer"),
+            shards: 2,
+            seal_bytes: crate::common::units::ByteSize(300),
+            ..BufferConfig::default()
+        };
+        let (sealed, mut sealed_rx) = mpsc::unbounded_channel();
+        let buffer = Arc::new(Buffer::open(&config, &[target(false)], sealed).unwrap());
+        let batch = |line: String| Batch {
+            partition: Arc::from(""),
+            lines: line.into_bytes(),
+            events: 1,
+            first_time: EventTime { secs: 1, nanos: 0 },
+            claim: None,
+        };
+        // Another connection keeps both writers busy meanwhile.
+        let other = {
+            let buffer = buffer.clone();
+            tokio::spawn(async move {
+                let source = buffer.source();
+                let mut pending = Vec::new();
+                for i in 0..300 {
+                    let line = format!("{{\"other\":{i}}}\n");
+                    pending.push(buffer.submit(0, batch(line), &source).await.unwrap());
+                }
+                for p in pending {
+                    p.await.unwrap();
+                }
+            })
+        };
+        // One connection pipelines its frames (it does not wait for each ack).
+        let source = buffer.source();
+        let mut pending = Vec::new();
+        for i in 0..300 {
+            let line = format!("{{\"i\":{i}}}\n");
+            pending.push(buffer.submit(0, batch(line), &source).await.unwrap());
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+        other.await.unwrap();
+        buffer.close().await;
+        let mut chunks: Vec<SealedChunk> = std::iter::from_fn(|| sealed_rx.try_recv().ok())
+            .map(|(_, c)| c)
+            .collect();
+        assert!(
+            chunks.len() > 10,
+            "only {} chunks: the test needs many",
+            chunks.len()
+        );
+        let ours: Vec<String> = lines_in_order(&mut chunks)
+            .into_iter()
+            .filter(|l| l.starts_with("{\"i\""))
+            .collect();
+        let want: Vec<String> = (0..300).map(|i| format!("{{\"i\":{i}}}")).collect();
+        assert_eq!(
+            ours, want,
+            "one connection's events out of order across chunks"
+        );
+    }
+
+    #[test]
+    fn connections_spread_over_the_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            dir: dir.path().join("buffer"),
+            shards: 3,
+            ..BufferConfig::default()
+        };
+        let (sealed, _rx) = mpsc::unbounded_channel();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _guard = rt.enter();
+        let buffer = Buffer::open(&config, &[target(false)], sealed).unwrap();
+        let a = buffer.source();
+        let b = buffer.source();
+        let c = buffer.source();
+        let mut slots = vec![a.slot, b.slot, c.slot];
+        slots.sort();
+        assert_eq!(slots, [0, 1, 2]);
+        drop(b);
+        // The freed slot is the next connection's.
+        let d = buffer.source();
+        assert!(d.slot != a.slot && d.slot != c.slot);
+        rt.block_on(buffer.close());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +497,7 @@ mod tests {
                 first_time: EventTime { secs: 1, nanos: 0 },
                 claim: None,
             };
-            let durable = buffer.submit(0, batch).await.unwrap();
+            let durable = buffer.submit(0, batch, &buffer.source()).await.unwrap();
             durable.await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

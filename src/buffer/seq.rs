@@ -1,19 +1,22 @@
 //! Chunk sequence numbers. Owns `seq.next`; it must never hand out a number twice, even across
 //! a crash.
 
+use super::backlog::Backlog;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Chunk sequence numbers, unique for this buffer forever: the next number is persisted
 /// before it is handed out, so a crash can skip numbers but never reuse one.
 pub(super) struct SeqAllocator {
     path: PathBuf,
     next: Mutex<u64>,
+    /// Told of each number handed out: a new chunk, holding events from now on.
+    backlog: Arc<Backlog>,
 }
 
 impl SeqAllocator {
-    pub fn open(path: &Path, at_least: u64) -> io::Result<SeqAllocator> {
+    pub fn open(path: &Path, at_least: u64, backlog: Arc<Backlog>) -> io::Result<SeqAllocator> {
         let stored = match std::fs::read_to_string(path) {
             Ok(text) => text.trim().parse::<u64>().map_err(|_| {
                 io::Error::other(format!("{} is corrupt: {text:?}", path.display()))
@@ -24,6 +27,7 @@ impl SeqAllocator {
         Ok(SeqAllocator {
             path: path.to_path_buf(),
             next: Mutex::new(stored.max(at_least)),
+            backlog,
         })
     }
 
@@ -35,6 +39,7 @@ impl SeqAllocator {
         std::fs::File::open(&tmp)?.sync_data()?;
         std::fs::rename(&tmp, &self.path)?;
         *next = seq + 1;
+        self.backlog.opened(seq, std::time::SystemTime::now());
         Ok(seq)
     }
 }

@@ -24,12 +24,6 @@ impl Usage {
         }
     }
 
-    /// No quota: for processes without a buffer (the importer's readiness never fails on it).
-    #[cfg(all(feature = "s3", feature = "sqs"))]
-    pub fn unlimited() -> Usage {
-        Usage::new(u64::MAX)
-    }
-
     pub fn add(&self, n: u64) {
         let now = self.used.fetch_add(n, Ordering::Relaxed) + n;
         metrics::gauge!("rin_buffer_bytes").set(now as f64);
@@ -54,6 +48,11 @@ impl Usage {
             }
             self.freed.notify_waiters();
         }
+    }
+
+    /// `buffer.quota`.
+    pub fn quota(&self) -> u64 {
+        self.quota
     }
 
     pub fn used(&self) -> u64 {

@@ -1,8 +1,8 @@
 //! What every stage uses and none owns: human-friendly units for the config files
-//! ([`units`]), the time of an event ([`time`]), the compression of an object ([`codec`]),
-//! secrets that cannot reach a log line ([`secret`]), the process's shutdown signal
-//! ([`shutdown`]), retry backoff ([`retry`]), the TLS client ([`tls`]) and the AWS client
-//! factory ([`aws`]).
+//! ([`units`]), listen addresses and bind errors ([`net`]), the time of an event ([`time`]),
+//! the compression of an object ([`codec`]), secrets that cannot reach a log line
+//! ([`secret`]), the process's shutdown signal ([`shutdown`]), retry backoff ([`retry`]), the
+//! TLS client ([`tls`]) and the AWS client factory ([`aws`]).
 //!
 //! Must never: depend on a stage (every stage depends on this, so an import back would be a
 //! cycle); hold state of the data path.
@@ -10,6 +10,7 @@
 #[cfg(any(feature = "s3", feature = "sqs"))]
 pub mod aws;
 pub mod codec;
+pub mod net;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

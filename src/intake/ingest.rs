@@ -4,7 +4,7 @@
 //! made them durable, and never drop a batch silently: every refusal is an `IngestError` the
 //! intake answers visibly.
 
-use crate::buffer::{Batch, Buffer, Claim, ClaimGuard, Durable, StoreError};
+use crate::buffer::{Batch, Buffer, Claim, ClaimGuard, Durable, Source, StoreError};
 use crate::common::time::EventTime;
 use crate::intake::route::Router;
 use crate::intake::transcode::{LineFormat, write_str};
@@ -169,6 +169,12 @@ impl Ingest {
         }
     }
 
+    /// A connection's place among the buffer's writers: take one per connection and submit
+    /// its batches with it, so its events keep their order (see `buffer`).
+    pub fn source(&self) -> Source {
+        self.buffer.source()
+    }
+
     /// Stores lines an intake transcoded for `route`: one batch, stored whole or not at all.
     /// The returned [`Durable`] resolves once they are durable; only then may the intake ack.
     pub async fn submit_lines(
@@ -178,6 +184,7 @@ impl Ingest {
         events: u64,
         first_time: EventTime,
         claim: Option<ClaimGuard>,
+        source: &Source,
     ) -> Result<Durable, IngestError> {
         let batch = Batch {
             partition: route.partition.clone(),
@@ -187,7 +194,7 @@ impl Ingest {
             claim,
         };
         self.buffer
-            .submit(route.target, batch)
+            .submit(route.target, batch, source)
             .await
             .map_err(IngestError::Unavailable)
     }

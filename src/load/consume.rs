@@ -67,10 +67,14 @@ async fn worker(
         let msgs = match received {
             Ok(m) => {
                 backoff.reset();
+                loader.health.ok("queue");
                 m
             }
             Err(e) => {
                 let wait = backoff.wait();
+                loader
+                    .health
+                    .failing("queue", format!("cannot receive from the queue: {e:#}"));
                 warn!(worker = w, "{e:#}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
                 continue;

@@ -24,7 +24,7 @@ use crate::common::retry::Backoff;
 use crate::queue::Message;
 use crate::queue::event::{self, ObjectEvent, ParseError, Parsed};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 /// In-process retries of a group after a transient error (backoff 1 s, 2 s; the message's
@@ -231,13 +231,28 @@ async fn deliver(loader: &Loader, sessions: &mut Sessions, batch: Batch, failed:
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(4)).jitter(1.0, 1.25);
     while let Some((g, owners)) = pending.pop() {
         let target = loader.cfg.target(g.dest.target);
-        let f = match sessions.load(&loader.drivers, &env, target, &g).await {
+        let started = Instant::now();
+        let loaded = sessions.load(&loader.drivers, &env, target, &g).await;
+        metrics::histogram!("rin_load_duration_seconds", "warehouse" => super::warehouse_label(target.driver))
+            .record(started.elapsed().as_secs_f64());
+        let f = match loaded {
             Ok(results) => {
+                loader.health.ok("warehouse");
+                crate::telemetry::set_to_now("rin_last_load_timestamp_seconds");
                 count_results(st, &results);
                 continue;
             }
             Err(f) => f,
         };
+        // A transient failure that names no object (not an object read) is the warehouse not
+        // answering; any other answer means it is there.
+        if f.kind == ErrorKind::Transient && f.items.is_empty() {
+            loader
+                .health
+                .failing("warehouse", format!("the last load failed: {f:#}"));
+        } else {
+            loader.health.ok("warehouse");
+        }
         report_failure(&g, &f);
         let fail_all = |failed: &mut [bool], owners: &[Vec<usize>]| {
             record(&st.failed_loads, "failed", g.items.len() as u64);

@@ -53,23 +53,25 @@ pub fn main(args: ImportArgs) -> Result<()> {
 }
 
 async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
-    if !cfg.ext.metrics_bind.is_empty() {
-        let addr: std::net::SocketAddr = cfg
-            .ext
-            .metrics_bind
-            .parse()
-            .with_context(|| format!("rin_ship.metrics_bind {:?}", cfg.ext.metrics_bind))?;
-        let handle = crate::telemetry::install_metrics()?;
-        crate::telemetry::serve_ops(addr, handle, Arc::new(crate::buffer::Usage::unlimited()))
-            .await?;
-    }
+    let health = super::readiness::serve_metrics(&cfg).await?;
     let queue = open_queue(&cfg).await?;
     info!(queue = %queue.describe(), warehouse = ?cfg.ext.warehouse, targets = cfg.targets.len(), "importer starting");
     for t in &cfg.targets {
         info!("target {}: {}", t.index, t.describe());
     }
-    let loader = Arc::new(Loader::over_s3(cfg.clone()).await);
+    let mut loader = Loader::over_s3(cfg.clone()).await;
+    if let Some(health) = &health {
+        loader.health = health.clone();
+    }
+    let loader = Arc::new(loader);
     let (stop, stopping) = shutdown::channel();
+    if health.is_some() {
+        tokio::spawn(super::readiness::watch(
+            loader.clone(),
+            queue.clone(),
+            stopping.clone(),
+        ));
+    }
     shutdown::trigger_on_signal(stop.clone(), "finishing the loads in flight, then exiting");
     if let Some(limit) = args.max_execution_time {
         let stop = stop.clone();

@@ -74,7 +74,11 @@ pub fn bootstrap() -> Option<Result<()>> {
             return Some(Err(anyhow!("{bad}")));
         }
     };
-    crate::telemetry::init_logging(debug);
+    let logging = crate::telemetry::LogSettings::from_env(debug)
+        .and_then(|settings| crate::telemetry::init_logging(&settings));
+    if let Err(e) = logging {
+        return Some(Err(e));
+    }
     let config = std::env::var("RIN_CONFIG").unwrap_or_default();
     Some(run(config, batch, dry_run))
 }

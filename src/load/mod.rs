@@ -6,6 +6,7 @@
 //!   handler), [`embedded`] (`serve`'s loader over the local queue); `ops::backfill` and
 //!   `ops::maintain` sit on top too; [`dry_run`] is what `import` and `lambda` show instead of
 //!   loading;
+//! - [`readiness`]: import's `/metrics` and `/readyz` (can it reach its queue and warehouse);
 //! - [`consume`]: the queue loop (receive, keep invisible while loading, delete what committed);
 //! - [`deliver`]: messages to objects to groups (routing), and each group's load with retries,
 //!   quarantine and splitting;
@@ -28,11 +29,14 @@ pub mod import;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod ledger;
+#[cfg(all(feature = "s3", feature = "sqs"))]
+pub mod readiness;
 pub mod rin;
 pub mod stats;
 pub mod warehouse;
 
 use crate::store::Objects;
+use crate::telemetry::Health;
 use rin::RinConfig;
 use stats::Stats;
 use std::sync::Arc;
@@ -45,15 +49,23 @@ pub struct Loader {
     pub objects: Objects,
     pub drivers: Drivers,
     pub stats: Stats,
+    /// Whether the queue and the warehouse answer, as the loads see it (`import`'s `/readyz`;
+    /// serve's embedded loader keeps it to itself).
+    pub health: Health,
 }
 
 impl Loader {
     pub fn new(cfg: Arc<RinConfig>, objects: Objects) -> Loader {
+        // Each warehouse's load latency exists from the start (zero observations).
+        for t in cfg.targets.iter().filter(|t| !t.discard) {
+            let _ = metrics::histogram!("rin_load_duration_seconds", "warehouse" => warehouse_label(t.driver));
+        }
         Loader {
             drivers: Drivers::for_config(&cfg),
             cfg,
             objects,
             stats: Stats::default(),
+            health: Health::quiet(),
         }
     }
 
@@ -78,5 +90,15 @@ impl Loader {
             cfg: &self.cfg,
             objects: &self.objects,
         }
+    }
+}
+
+/// The `warehouse` label of a driver (`rin_load_duration_seconds`).
+pub fn warehouse_label(kind: rin::DriverKind) -> &'static str {
+    match kind {
+        rin::DriverKind::Postgres => "postgres",
+        rin::DriverKind::Redshift => "redshift",
+        rin::DriverKind::RedshiftData => "redshift-data",
+        rin::DriverKind::Sqlite => "sqlite",
     }
 }

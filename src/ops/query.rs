@@ -24,7 +24,7 @@ pub fn run(db: &Path, sql: &str, json: bool, out: &mut dyn Write) -> Result<()> 
     )
     .with_context(|| format!("cannot open {}", db.display()))?;
     c.busy_timeout(std::time::Duration::from_secs(10))?;
-    let mut stmt = c.prepare(sql).context("SQL")?;
+    let mut stmt = c.prepare(sql).map_err(|e| explain(&c, e))?;
     let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
     if !json && !names.is_empty() {
         let header: Vec<String> = names.iter().map(|n| escape(n)).collect();
@@ -46,6 +46,52 @@ pub fn run(db: &Path, sql: &str, json: bool, out: &mut dyn Write) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// An SQL error, with a hint where a tag was written bare: `FROM app.web` reads as the table
+/// `web` of a schema `app`; a tag is one table name and needs quotes.
+fn explain(c: &Connection, e: rusqlite::Error) -> anyhow::Error {
+    let msg = e.to_string();
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .unwrap_or_default();
+    let listed = || {
+        let names: Vec<String> = tables
+            .iter()
+            .filter(|t| !t.starts_with("sqlite_"))
+            .map(|t| format!("\"{t}\""))
+            .collect();
+        if names.is_empty() {
+            "none yet".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let name = msg
+        .strip_prefix("no such table: ")
+        .map(|n| n.trim().to_string())
+        .or_else(|| {
+            // `app.web.x`: SQLite stops at the schema.
+            msg.strip_prefix("unknown database ")
+                .map(|n| n.trim().to_string())
+        });
+    match name {
+        Some(n) if n.contains('.') || tables.iter().any(|t| t.starts_with(&format!("{n}."))) => {
+            let guess = tables
+                .iter()
+                .find(|t| t.as_str() == n || t.starts_with(&format!("{n}.")))
+                .cloned()
+                .unwrap_or(n);
+            anyhow::anyhow!(
+                "SQL: {msg}; a tag is one table name, so quote it: \
+                 rin-ship query 'SELECT * FROM \"{guess}\"' (tables: {})",
+                listed()
+            )
+        }
+        Some(_) => anyhow::anyhow!("SQL: {msg} (tables: {})", listed()),
+        None => anyhow::Error::new(e).context("SQL"),
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -112,6 +158,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "{\"i\":2,\"s\":\"x\"}\n");
+        let e = run(&db, "SELECT * FROM app.web", false, &mut Vec::new()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains(r#"quote it: rin-ship query 'SELECT * FROM "app.web"'"#),
+            "{msg}"
+        );
+        let e = run(&db, "SELECT * FROM app", false, &mut Vec::new()).unwrap_err();
+        assert!(format!("{e:#}").contains(r#""app.web""#), "{e:#}");
         let e = run(&db, r#"DELETE FROM "app.web""#, false, &mut Vec::new()).unwrap_err();
         assert!(format!("{e:#}").contains("readonly"), "{e:#}");
         let e = run(

@@ -221,6 +221,13 @@ impl LocalQueue {
         (st.ready.len(), st.inflight.len())
     }
 
+    /// Messages given up on (in `dead/`), counted on disk: an operator may move them back.
+    pub fn dead(&self) -> usize {
+        std::fs::read_dir(self.inner.dir.join("dead"))
+            .map(|d| d.filter(|e| e.is_ok()).count())
+            .unwrap_or(0)
+    }
+
     /// Nothing waiting, and `consumers` receives are waiting for more: every message still
     /// in flight was given up by its consumer (its load failed) and comes back after its
     /// lease.

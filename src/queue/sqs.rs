@@ -89,6 +89,43 @@ impl Queue {
         }
     }
 
+    /// The queue's approximate depth (visible, in flight) for the importer's readiness and
+    /// `rin_import_queue_messages`. `Ok(None)`: SQS answered, but not with the numbers (the
+    /// role may lack `sqs:GetQueueAttributes`): reachable, depth unknown. `Err`: not reached,
+    /// or the queue does not exist.
+    pub async fn depth(&self) -> Result<Option<(u64, u64)>> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await;
+        let attrs = match out {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) => {
+                let gone = e
+                    .as_service_error()
+                    .is_some_and(|se| se.is_queue_does_not_exist());
+                if e.as_service_error().is_some() && !gone {
+                    return Ok(None);
+                }
+                return Err(anyhow!(
+                    "GetQueueAttributes {}: {}",
+                    self.url,
+                    DisplayErrorContext(&e)
+                ));
+            }
+        };
+        let n = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Some((
+            n(A::ApproximateNumberOfMessages),
+            n(A::ApproximateNumberOfMessagesNotVisible),
+        )))
+    }
+
     /// Deletes the given receipt handles; returns how many SQS confirmed.
     pub async fn delete(&self, handles: &[String]) -> usize {
         let mut ok = 0;

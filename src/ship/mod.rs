@@ -60,6 +60,8 @@ struct ShipTarget {
     store: Arc<Store>,
     /// Told about each object before its chunk is deleted.
     notifier: Option<Arc<Notifier>>,
+    /// `rin_events_out_total{target}`, registered at start.
+    events_out: metrics::Counter,
 }
 
 pub struct Shipper {
@@ -100,6 +102,7 @@ impl Shipper {
                 key: KeyTemplate::parse(t.key).map_err(anyhow::Error::msg)?,
                 store: store.clone(),
                 notifier: notifier.clone(),
+                events_out: metrics::counter!("rin_events_out_total", "target" => t.name.to_string()),
             });
         }
         Ok(Shipper {
@@ -155,7 +158,8 @@ impl Shipper {
                 let stored = store
                     .put(&key, &chunk.data_path, chunk.size, chunk.codec)
                     .await?;
-                metrics::histogram!("rin_upload_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("rin_upload_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 anyhow::Ok(stored)
             },
             |e, attempt, wait| {
@@ -167,6 +171,8 @@ impl Shipper {
         .await;
         metrics::counter!("rin_objects_uploaded_total").increment(1);
         metrics::counter!("rin_uploaded_bytes_total").increment(chunk.size);
+        self.targets[target].events_out.increment(chunk.events);
+        crate::telemetry::set_to_now("rin_last_upload_timestamp_seconds");
         debug!(%key, events = chunk.events, ndjson_bytes = chunk.bytes, object_bytes = chunk.size, "uploaded");
         if let Some(n) = &self.targets[target].notifier {
             // Before the delete: a crash in between uploads and notifies again.

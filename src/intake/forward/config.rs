@@ -16,6 +16,8 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
     pub enabled: bool,
+    /// `host:port` (an IP address, or a name resolved at start).
+    #[serde(deserialize_with = "crate::common::net::deserialize_bind")]
     pub bind: SocketAddr,
     /// Largest msgpack frame accepted on a connection.
     pub max_frame_bytes: ByteSize,

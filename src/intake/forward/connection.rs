@@ -10,6 +10,7 @@ use super::acks::{OwedAcks, write_ack};
 use super::framing::FrameReader;
 use super::handshake::Security;
 use super::ingest::ingest_frame;
+use crate::buffer::Source;
 use crate::common::shutdown::Shutdown;
 use crate::intake::IngestError;
 use crate::intake::msgpack::FrameScanner;
@@ -42,6 +43,8 @@ enum Close {
 pub(super) struct Connection {
     pub shared: Arc<Shared>,
     pub peer: String,
+    /// Its writer in the buffer: all its frames go there, in order.
+    pub source: Source,
 }
 
 /// A connection past its handshake: what the steps of its loop share.
@@ -160,7 +163,7 @@ where
                 Ok(None) => break,
                 Err(e) => return Err(refused(e.into())),
             };
-            match ingest_frame(&shared.ingest, &shared.limits, &frame).await {
+            match ingest_frame(&shared.ingest, &shared.limits, &frame, &self.conn.source).await {
                 Ok(Some(ack)) => self.acks.push(ack),
                 Ok(None) => {}
                 Err(e) => return Err(refused(e)),

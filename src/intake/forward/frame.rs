@@ -13,7 +13,7 @@
 //! Pure functions over one frame's bytes (no I/O). A frame is transcoded whole or refused
 //! whole: on error the caller drops what was written, so no part of a bad frame is stored.
 
-use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
+use crate::intake::decompress::{Codec, DecompressError, Held, decompress_capped};
 use crate::intake::msgpack::{DecodeError, EventTime, Reader, type_name};
 use crate::intake::transcode::{LineFormat, TimeRenderer};
 use std::borrow::Cow;
@@ -277,7 +277,8 @@ impl Frame<'_> {
                 }
             }
             Entries::Packed { blob } => {
-                let data = self.decompress(blob, limits.max_decompressed)?;
+                // `_held`: the payload's share of the decompression budget, until it is read.
+                let (data, _held) = self.decompress(blob, limits.max_decompressed)?;
                 let mut r = Reader::new(&data);
                 let mut i = 0;
                 while !r.is_empty() {
@@ -289,15 +290,27 @@ impl Frame<'_> {
         Ok(lines)
     }
 
-    fn decompress<'b>(&self, blob: &'b [u8], max: usize) -> Result<Cow<'b, [u8]>> {
+    fn decompress<'b>(
+        &self,
+        blob: &'b [u8],
+        max: usize,
+    ) -> Result<(Cow<'b, [u8]>, Option<Held<'static>>)> {
         let codec = match self.options.compressed.unwrap_or(Compression::None) {
-            Compression::None => return Ok(Cow::Borrowed(blob)),
+            Compression::None => return Ok((Cow::Borrowed(blob), None)),
             Compression::Gzip => Codec::Gzip,
             Compression::Zstd => Codec::Zstd,
         };
         decompress_capped(codec, blob, max)
-            .map(Cow::Owned)
+            .map(|d| (Cow::Owned(d.data), Some(d.held)))
             .map_err(|e| match e {
+                DecompressError::Busy { budget } => FrameError::new(
+                    "busy",
+                    format!(
+                        "decompressed payloads of all connections hold the whole \
+                         decompress_memory budget ({budget} bytes) right now; the frame is not \
+                         acked (resend it)"
+                    ),
+                ),
                 DecompressError::TooLarge => FrameError::new(
                     "too_large",
                     format!(

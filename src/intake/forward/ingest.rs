@@ -4,7 +4,7 @@
 //! the frame's events are durable, and never store part of a frame.
 
 use super::frame::{self, FrameError, Limits};
-use crate::buffer::StoreError;
+use crate::buffer::{Source, StoreError};
 use crate::intake::{Ingest, IngestError, Intake};
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +29,7 @@ pub async fn ingest_frame(
     ingest: &Ingest,
     limits: &Limits,
     bytes: &[u8],
+    source: &Source,
 ) -> Result<Option<PendingAck>, IngestError> {
     let Some(frame) = frame::parse(bytes)? else {
         return Ok(None);
@@ -77,7 +78,7 @@ pub async fn ingest_frame(
         return Ok(chunk_id.map(acked_now));
     };
     let durable = ingest
-        .submit_lines(&route, lines, result.events, first_time, claim)
+        .submit_lines(&route, lines, result.events, first_time, claim, source)
         .await?;
     let Some(id) = chunk_id else {
         return Ok(None);

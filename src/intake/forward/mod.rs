@@ -22,6 +22,7 @@ pub mod json;
 
 pub use config::ForwardConfig;
 
+use crate::common::net::bind_error;
 use crate::common::shutdown::Shutdown;
 use crate::intake::Ingest;
 use crate::intake::accept::{self, AcceptPolicy, AtCapacity, Drain, Handler, TlsFailure};
@@ -59,9 +60,15 @@ impl ForwardServer {
         config: &ForwardConfig,
         ingest: Arc<Ingest>,
     ) -> anyhow::Result<ForwardServer> {
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen for forward on {}: {e}", config.bind))?;
+        let listener = TcpListener::bind(config.bind).await.map_err(|e| {
+            bind_error(
+                "forward",
+                config.bind,
+                "forward.bind",
+                Some("RIN_SHIP_FORWARD_BIND"),
+                e,
+            )
+        })?;
         let addr = listener.local_addr()?;
         let udp = if config.udp_heartbeat {
             Some(UdpSocket::bind(addr).await.map_err(|e| {
@@ -131,6 +138,7 @@ impl Handler for Shared {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn = Connection {
+            source: self.ingest.source(),
             shared: self,
             peer: peer.to_string(),
         };

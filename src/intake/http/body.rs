@@ -14,7 +14,7 @@
 //! JSON records are never turned into a value tree: each object is split into `(key, raw value)`
 //! pairs and the raw value text is copied (re-compacted only when it spans lines).
 
-use crate::intake::decompress::{Codec, DecompressError, decompress_capped};
+use crate::intake::decompress::{Codec, DecompressError, Held, decompress_capped};
 use crate::intake::msgpack::{DecodeError, EventTime, FrameScanner, Reader, type_name};
 use crate::intake::transcode::{LineFormat, TimeRenderer, write_str};
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
@@ -80,17 +80,31 @@ pub fn content_encoding(header: Option<&str>) -> Result<Encoding> {
 
 /// Decompresses `body`; more than `cap` decompressed bytes is refused (413), before they are
 /// all produced.
-pub fn decompress(encoding: Encoding, body: &[u8], cap: usize) -> Result<Cow<'_, [u8]>> {
+/// The share of the decompression budget comes back with the bytes: keep it as long as them.
+pub fn decompress(
+    encoding: Encoding,
+    body: &[u8],
+    cap: usize,
+) -> Result<(Cow<'_, [u8]>, Option<Held<'static>>)> {
     let codec = match encoding {
-        Encoding::Identity => return Ok(Cow::Borrowed(body)),
+        Encoding::Identity => return Ok((Cow::Borrowed(body), None)),
         Encoding::Gzip => Codec::Gzip,
         Encoding::Deflate => Codec::Deflate,
         Encoding::Zstd => Codec::Zstd,
         Encoding::Snappy => Codec::Snappy,
     };
     decompress_capped(codec, body, cap)
-        .map(Cow::Owned)
+        .map(|d| (Cow::Owned(d.data), Some(d.held)))
         .map_err(|e| match e {
+            // 503: clients retry it after Retry-After, as at the disk quota.
+            DecompressError::Busy { budget } => BodyError::new(
+                503,
+                "busy",
+                format!(
+                    "decompressed bodies of all connections hold the whole decompress_memory \
+                     budget ({budget} bytes) right now; retry"
+                ),
+            ),
             DecompressError::TooLarge => BodyError::new(
                 413,
                 "too_large",
@@ -748,7 +762,7 @@ mod tests {
         gz.write_all(&data).unwrap();
         let gz = gz.finish().unwrap();
         assert_eq!(
-            decompress(Encoding::Gzip, &gz, 1 << 20).unwrap().as_ref(),
+            decompress(Encoding::Gzip, &gz, 1 << 20).unwrap().0.as_ref(),
             &data[..]
         );
         assert_eq!(
@@ -757,7 +771,7 @@ mod tests {
         );
         let z = zstd::encode_all(&data[..], 3).unwrap();
         assert_eq!(
-            decompress(Encoding::Zstd, &z, 1 << 20).unwrap().as_ref(),
+            decompress(Encoding::Zstd, &z, 1 << 20).unwrap().0.as_ref(),
             &data[..]
         );
         let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
@@ -766,6 +780,7 @@ mod tests {
         assert_eq!(
             decompress(Encoding::Deflate, &zl, 1 << 20)
                 .unwrap()
+                .0
                 .as_ref(),
             &data[..]
         );
@@ -773,6 +788,7 @@ mod tests {
         assert_eq!(
             decompress(Encoding::Snappy, &raw, 1 << 20)
                 .unwrap()
+                .0
                 .as_ref(),
             &data[..]
         );
@@ -784,7 +800,10 @@ mod tests {
         fr.write_all(&data).unwrap();
         let fr = fr.into_inner().unwrap();
         assert_eq!(
-            decompress(Encoding::Snappy, &fr, 1 << 20).unwrap().as_ref(),
+            decompress(Encoding::Snappy, &fr, 1 << 20)
+                .unwrap()
+                .0
+                .as_ref(),
             &data[..]
         );
         assert_eq!(

@@ -14,6 +14,8 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub enabled: bool,
+    /// `host:port` (an IP address, or a name resolved at start).
+    #[serde(deserialize_with = "crate::common::net::deserialize_bind")]
     pub bind: SocketAddr,
     /// Largest request body as sent (compressed or not); larger ones get 413.
     pub max_body_bytes: ByteSize,
@@ -22,7 +24,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// A connection that sends no complete request headers for this long is closed.
     pub idle_timeout: Span,
-    /// Header carrying the tag (fluent-bit `header_tag`); wins over the path. Empty: none.
+    /// Header carrying the tag (fluent-bit `header_tag`); wins over the path. Default
+    /// `FLUENT-TAG`, the name in `fluent-bit/http.conf`, so fluent-bit works on the
+    /// defaults. Empty: none (the path only).
     pub tag_header: String,
     /// Tag for requests to `/` without a tag header. Empty: such requests get 400.
     pub default_tag: String,
@@ -53,7 +57,7 @@ impl Default for HttpConfig {
             max_decompressed_bytes: ByteSize(256 << 20),
             max_connections: 1024,
             idle_timeout: Span(Duration::from_secs(60)),
-            tag_header: String::new(),
+            tag_header: "FLUENT-TAG".into(),
             default_tag: String::new(),
             time_key: "time".into(),
             retry_after: Span(Duration::from_secs(5)),

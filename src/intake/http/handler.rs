@@ -9,7 +9,7 @@ use super::auth::Credentials;
 use super::body::{self, BodyError, BodyKind, Encoding, Lines, Shape};
 use super::request::{self, IDEMPOTENCY_KEY, Params, TagSource, header_str};
 use super::{BLOCKING_BODY, HttpConfig};
-use crate::buffer::{ClaimGuard, StoreError};
+use crate::buffer::{ClaimGuard, Source, StoreError};
 use crate::common::shutdown::Shutdown;
 use crate::common::time::EventTime;
 use crate::intake::{InboundCounters, Ingest, IngestError, Intake, Route};
@@ -184,12 +184,18 @@ impl State {
     }
 
     /// Answers one request: 200 once its events are durable, else the refusal.
+    /// The connection's place among the buffer's writers.
+    pub fn source(&self) -> Source {
+        self.ingest.source()
+    }
+
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        source: &Source,
     ) -> Response<Full<Bytes>> {
-        let result = self.clone().ingest(req).await;
+        let result = self.clone().ingest(req, source).await;
         let status = match &result {
             Ok(_) => StatusCode::OK,
             Err(r) => r.status,
@@ -235,7 +241,11 @@ impl State {
     }
 
     /// The steps from request to durable lines; `Err` is the refusal to answer.
-    async fn ingest(self: Arc<Self>, req: Request<Incoming>) -> Result<(), Reject> {
+    async fn ingest(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        source: &Source,
+    ) -> Result<(), Reject> {
         self.admit(&req)?;
         let tag = self.tags.tag(&req)?;
         let route = self.ingest.route(&tag)?;
@@ -257,7 +267,7 @@ impl State {
             .clone()
             .transcode_off_thread_if_large(route.clone(), payload)
             .await?;
-        self.store(&route, lines, claim, counters).await
+        self.store(&route, lines, claim, counters, source).await
     }
 
     /// Refuses what no body can fix: the process is draining, the method, the credentials.
@@ -355,6 +365,7 @@ impl State {
         lines: Lines,
         claim: Option<ClaimGuard>,
         counters: &InboundCounters,
+        source: &Source,
     ) -> Result<(), Reject> {
         let Some(first_time) = lines.first_time else {
             if let Some(claim) = claim {
@@ -366,7 +377,7 @@ impl State {
         let started = Instant::now();
         let durable = self
             .ingest
-            .submit_lines(route, lines.lines, lines.events, first_time, claim)
+            .submit_lines(route, lines.lines, lines.events, first_time, claim, source)
             .await?;
         durable.await?;
         metrics::histogram!("rin_ack_latency_seconds", "intake" => "http")
@@ -393,7 +404,8 @@ impl State {
             mut params,
             ..
         } = payload;
-        let decoded = body::decompress(encoding, &body, self.max_decompressed)?;
+        // `_held`: the body's share of the decompression budget, until it is transcoded.
+        let (decoded, _held) = body::decompress(encoding, &body, self.max_decompressed)?;
         let (kind, payload) = unwrap_form(kind, decoded, &mut params)?;
         let target = self.ingest.target(route.target);
         let shape = Shape {

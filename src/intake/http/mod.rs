@@ -35,6 +35,7 @@ mod request;
 
 pub use config::HttpConfig;
 
+use crate::common::net::bind_error;
 use crate::common::shutdown::Shutdown;
 use crate::intake::Ingest;
 use crate::intake::accept::{self, AcceptPolicy, AtCapacity, Drain, Handler, TlsFailure};
@@ -77,9 +78,15 @@ impl HttpServer {
             }
             None => None,
         };
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", config.bind))?;
+        let listener = TcpListener::bind(config.bind).await.map_err(|e| {
+            bind_error(
+                "HTTP",
+                config.bind,
+                "http.bind",
+                Some("RIN_SHIP_HTTP_BIND"),
+                e,
+            )
+        })?;
         let state = State::new(config, ingest, stop);
         info!(
             addr = %listener.local_addr()?,
@@ -146,9 +153,13 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(state.idle_timeout);
     builder.http2().timer(TokioTimer::new());
+    // One writer for the connection's requests (see `buffer`): what one client sends in
+    // order stays in order in the objects.
+    let source = Arc::new(state.source());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer).await) }
+        let source = source.clone();
+        async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer, &source).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);

@@ -91,8 +91,8 @@ pub fn parse_prefix(s: &str) -> Result<(String, String)> {
 
 /// Logging for `rin-ship backfill`: as everywhere (stderr, `RIN_SHIP_LOG`, default `info`), but
 /// each line is written with the progress bar lifted, so the bar stays whole below the log.
-pub fn init_logging() {
-    crate::telemetry::init_logging_to(false, || BarWriter);
+pub fn init_logging(settings: &crate::telemetry::LogSettings) -> Result<()> {
+    crate::telemetry::init_logging_to(settings, || BarWriter)
 }
 
 /// `rin-ship backfill`.
