@@ -323,7 +323,14 @@ fn write_value(
             let v = r
                 .int()?
                 .ok_or(DecodeError::Invalid("unexpected msgpack type".into()))?;
-            out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+            // i64 where it fits (all but u64 values past i64::MAX): itoa's 128-bit path costs
+            // about twice as much.
+            let mut digits = itoa::Buffer::new();
+            let text = match i64::try_from(v) {
+                Ok(small) => digits.format(small),
+                Err(_) => digits.format(v),
+            };
+            out.extend_from_slice(text.as_bytes());
         }
     }
     Ok(())
@@ -352,33 +359,75 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any of the 8 bytes is a control character, `"` or `\\` (or non-ASCII, unless
-/// `utf8_known` says the rest is valid UTF-8, whose bytes JSON takes as they are).
-#[inline]
-fn block_needs_attention(x: u64, utf8_known: bool) -> bool {
+/// The high bit of each of the 8 bytes (little-endian: byte 0 is the lowest) that is a
+/// control character, `"` or `\\` (or non-ASCII, unless `utf8_known` says the rest is valid
+/// UTF-8, whose bytes JSON takes as they are). A borrow can also flag a byte above a flagged
+/// one, never below it: the lowest set bit is always exact, which is all the callers read.
+#[inline(always)]
+fn attention_mask(x: u64, utf8_known: bool) -> u64 {
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
     let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
     let quote = has_zero(x ^ (ONES * b'"' as u64));
     let backslash = has_zero(x ^ (ONES * b'\\' as u64));
     let high = if utf8_known { 0 } else { x & HIGHS };
-    (control | quote | backslash | high) != 0
+    control | quote | backslash | high
 }
 
-fn write_escaped(out: &mut Vec<u8>, bytes: &[u8], mut utf8_known: bool) {
-    let mut run_start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if i + 8 <= bytes.len() {
-            let x = u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
-            if !block_needs_attention(x, utf8_known) {
-                i += 8;
-                continue;
-            }
+/// The index of the first byte at or after `i` that needs attention ([`attention_mask`]), or
+/// `bytes.len()`. Whole words, then the last few bytes in one overlapping word; a string
+/// shorter than a word (most keys) byte by byte, which costs less than assembling a word.
+#[inline(always)]
+fn skip_clean(bytes: &[u8], mut i: usize, utf8_known: bool) -> usize {
+    if bytes.len() < 8 {
+        let needs = |b: u8| ESCAPE[b as usize] != 0 || (b >= 0x80 && !utf8_known);
+        return bytes[i..]
+            .iter()
+            .position(|&b| needs(b))
+            .map_or(bytes.len(), |p| i + p);
+    }
+    let first_flagged = |mask: u64| (mask.trailing_zeros() / 8) as usize;
+    while i + 8 <= bytes.len() {
+        let x = u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+        let mask = attention_mask(x, utf8_known);
+        if mask != 0 {
+            return i + first_flagged(mask);
         }
+        i += 8;
+    }
+    let rest = bytes.len() - i;
+    if rest == 0 {
+        return i;
+    }
+    // The last 8 bytes, the first `8 - rest` of them already found clean: masked off (a clean
+    // byte flags nothing, so nothing is borrowed into the rest).
+    let x = u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().unwrap());
+    match attention_mask(x, utf8_known) & (!0u64 << (8 * (8 - rest))) {
+        0 => bytes.len(),
+        m => bytes.len() - 8 + first_flagged(m),
+    }
+}
+
+/// Most strings need no escape at all: one scan, one copy, inlined where strings are written.
+#[inline(always)]
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8], utf8_known: bool) {
+    let i = skip_clean(bytes, 0, utf8_known);
+    if i == bytes.len() {
+        out.extend_from_slice(bytes);
+    } else {
+        write_escaped_from(out, bytes, i, utf8_known);
+    }
+}
+
+/// [`write_escaped`] from `i`, the first byte that needs attention.
+#[inline(never)]
+fn write_escaped_from(out: &mut Vec<u8>, bytes: &[u8], mut i: usize, mut utf8_known: bool) {
+    let mut run_start = 0;
+    while i < bytes.len() {
         let b = bytes[i];
         if b >= 0x80 && !utf8_known {
             if std::str::from_utf8(&bytes[i..]).is_ok() {
                 utf8_known = true;
+                i = skip_clean(bytes, i, utf8_known);
                 continue;
             }
             // Invalid UTF-8 somewhere ahead: the rest goes through the lossy conversion.
@@ -405,7 +454,7 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8], mut utf8_known: bool) {
                 out.extend_from_slice(&[b'\\', esc]);
             }
         }
-        i += 1;
+        i = skip_clean(bytes, i + 1, utf8_known);
     }
     out.extend_from_slice(&bytes[run_start..]);
 }
@@ -594,6 +643,33 @@ mod tests {
                 let got: String = serde_json::from_slice(&out).unwrap();
                 assert_eq!(got, String::from_utf8_lossy(&bytes), "{bytes:?}");
                 assert_eq!(serde_json::from_str::<String>(&want).unwrap(), got);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Every length around the word size, with what needs escaping (and bad UTF-8) at
+        /// every position: the same bytes as serde_json writes for the lossy string.
+        #[test]
+        fn escaping_is_serde_jsons_at_every_length_and_position(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    8 => proptest::prelude::Just(b'a'),
+                    1 => proptest::prelude::Just(b'"'),
+                    1 => proptest::prelude::Just(b'\\'),
+                    1 => 0u8..0x20,
+                    1 => proptest::prelude::Just(0x7f),
+                    1 => 0x80u8..=0xff,
+                ],
+                0..40,
+            ),
+            utf8 in "[a-zé日\"\\\\\n\u{1}]{0,20}",
+        ) {
+            for case in [bytes.clone(), utf8.into_bytes()] {
+                let mut out = Vec::new();
+                write_bytes_as_str(&mut out, &case);
+                let want = serde_json::to_string(&String::from_utf8_lossy(&case)).unwrap();
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want);
             }
         }
     }
