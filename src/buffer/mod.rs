@@ -7,12 +7,15 @@
 //! partition (the tag, when the target's key uses it). A writer takes every batch queued for
 //! it, compresses them, and commits once for the lot (group commit), then answers all their
 //! submitters. `recover.rs` brings back what a previous run left, `usage.rs` is the disk quota,
-//! `dedupe.rs` the ids of recently stored batches, `chunk.rs` one chunk's files.
+//! `dedupe.rs` the ids of recently stored batches, `chunk.rs` one chunk's files, `encoder.rs`
+//! their compressor (`isal.rs`: the ISA-L gzip engine, with the `isal` feature).
 
 pub mod chunk;
 mod config;
 mod dedupe;
 mod encoder;
+#[cfg(feature = "isal")]
+mod isal;
 mod recover;
 mod seq;
 mod usage;
@@ -155,7 +158,7 @@ impl Buffer {
                     busy: in_hand,
                     target: index,
                     dir: root.join(&target.name),
-                    codec: (config.compression, config.level()),
+                    compressor: config.compressor(),
                     fsync: config.fsync,
                     seal_bytes: config.seal_bytes.0,
                     seal_age: config.seal_age.0,
