@@ -14,6 +14,8 @@
 #   RECORDS [1000000]  LEVEL [6]  CONNECTIONS [2]  WINDOW [4]  PER_FRAME [1000]  SEED [1]
 #   PORT [24299]  SHARDS [0 = one per core]  SEAL_BYTES [64MiB]  SEAL_AGE [60s]
 #   CARGO_FLAGS [""]   e.g. "--no-default-features" for a build without the S3 store
+#   GZIP_ENGINE [zlib] isal: buffer.gzip_engine: isal (LEVEL 1..3, CARGO_FLAGS="--features isal"),
+#                      baseline `forward_load compress --codec isal`
 #   SKIP_BUILD [0]     1: use the binaries already in target/
 #   KEEP [0]           1: keep the run folder (data dir, NDJSON, logs) after the run
 #   SERVER, BENCH      override the server binary / the forward_load bench executable
@@ -34,6 +36,7 @@ SHARDS=${SHARDS:-0}
 SEAL_BYTES=${SEAL_BYTES:-64MiB}
 SEAL_AGE=${SEAL_AGE:-60s}
 CARGO_FLAGS=${CARGO_FLAGS:-}
+GZIP_ENGINE=${GZIP_ENGINE:-zlib}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
 MODE=${MODE:-forward}
@@ -93,7 +96,7 @@ data_dir: $DATA_DIR
 node: bench
 forward: {bind: "127.0.0.1:$PORT"}
 metrics: {enabled: false}
-buffer: {seal_bytes: $SEAL_BYTES, seal_age: $SEAL_AGE, compression_level: $LEVEL, shards: $SHARDS}
+buffer: {seal_bytes: $SEAL_BYTES, seal_age: $SEAL_AGE, compression_level: $LEVEL, shards: $SHARDS, gzip_engine: $GZIP_ENGINE}
 targets: [{name: default, match: ["**"], store: local}]
 EOF
 WAIT_PORTS=$PORT
@@ -264,8 +267,9 @@ log "baseline: gzip -6"
 GZIP_BYTES=$(stat -c %s "$RUN/all.gz")
 GZIP_CPU=$(awk '{ printf "%.2f", $1 + $2 }' "$RUN/gzip.time")
 rm -f "$RUN/all.gz"
-log "baseline: flate2 (zlib-rs) level $LEVEL"
-"$BENCH" compress --level "$LEVEL" --file "$NDJSON" >"$RUN/compress.out"
+BASE=$([[ $GZIP_ENGINE == isal ]] && echo "ISA-L" || echo "flate2 (zlib-rs)")
+log "baseline: $BASE level $LEVEL"
+"$BENCH" compress --codec "$([[ $GZIP_ENGINE == isal ]] && echo isal || echo gzip)" --level "$LEVEL" --file "$NDJSON" >"$RUN/compress.out"
 FL_BYTES=$(awk '/^compress.output_bytes:/ {print $2}' "$RUN/compress.out")
 FL_CPU=$(awk '/^compress.cpu_s:/ {print $2}' "$RUN/compress.out")
 
@@ -298,7 +302,7 @@ awk \
     -v scpu="$SERVER_CPU" -v peak="$PEAK_RSS_KB" -v hwm="${HWM_BEFORE_TERM:-0}" -v maxrss="$MAX_RSS_KB" \
     -v objs="$OBJECTS" -v objbytes="$OBJ_BYTES" -v ndjson="$NDJSON_BYTES" -v streamb="$IN_BYTES" \
     -v title="$TITLE" -v shape="$SHAPE" -v latlabel="$LAT_LABEL" -v inlabel="$IN_LABEL" \
-    -v gzb="$GZIP_BYTES" -v gzc="$GZIP_CPU" -v flb="$FL_BYTES" -v flc="$FL_CPU" -v level="$LEVEL" \
+    -v gzb="$GZIP_BYTES" -v gzc="$GZIP_CPU" -v flb="$FL_BYTES" -v flc="$FL_CPU" -v level="$LEVEL" -v base="$BASE" \
     -v p50="${P50:-nan}" -v p99="${P99:-nan}" -v ccpu="${CLIENT_CPU:-0}" -v nproc="$NPROC" \
     -v conns="$CONNECTIONS" -v window="$WINDOW" -v left="$BUFFER_LEFT" \
     -v m0="${MACHINE_START:-0}" -v mack="${MACHINE_ACKED:-0}" '
@@ -339,11 +343,11 @@ BEGIN {
     printf "%-46s %16d\n", "rin-ship compressed bytes (sum of objects)", objbytes
     printf "%-46s %16d\n", "gzip -6 bytes", gzb
     printf "%-46s %16.2f\n", "gzip -6 CPU s", gzc
-    printf "%-46s %16d\n", "flate2 (zlib-rs) level " level " bytes", flb
-    printf "%-46s %16.2f\n", "flate2 (zlib-rs) level " level " CPU s", flc
+    printf "%-46s %16d\n", base " level " level " bytes", flb
+    printf "%-46s %16.2f\n", base " level " level " CPU s", flc
     printf "%-46s %16.3f   %s (<= 1.03)\n", "ratio bytes rin-ship / gzip -6", rb, pf(rb > 0 && rb <= 1.03)
-    printf "%-46s %16.2f   %s (<= 1.30)\n", "ratio CPU rin-ship / flate2 level " level, rc, pf(rc > 0 && rc <= 1.30)
-    printf "%-46s %16.2f\n", "ratio CPU (replay only) / flate2 level " level, rc_replay
+    printf "%-46s %16.2f   %s (<= 1.30)\n", "ratio CPU rin-ship / " base " level " level, rc, pf(rc > 0 && rc <= 1.30)
+    printf "%-46s %16.2f\n", "ratio CPU (replay only) / " base " level " level, rc_replay
 }'
 
 if [[ $MODE == http ]]; then
