@@ -4,6 +4,7 @@
 //! cargo bench --bench forward_load -- gen --records 1000000 --out bench-data/stream.fwd
 //! cargo bench --bench forward_load -- replay --addr 127.0.0.1:24299 --file bench-data/stream.fwd
 //! cargo bench --bench forward_load -- compress --level 6 --file all.ndjson
+//! cargo bench --bench forward_load --features isal -- compress --codec isal --level 1 --file all.ndjson
 //! cargo bench --bench forward_load -- verify --meta bench-data/stream.fwd.meta --file all.ndjson
 //! ```
 //!
@@ -13,7 +14,8 @@
 //! * `replay` sends the frames over N connections with at most `window` un-acked frames per
 //!   connection, checks every `{"ack": chunk}` and fails (exit 1) on a missing or wrong ack.
 //! * `compress` is the "chosen compressor alone" baseline: flate2 (zlib-rs backend, the same
-//!   crate build as the server) single-threaded `GzEncoder` over a file, CPU time by getrusage.
+//!   crate build as the server) single-threaded `GzEncoder` over a file, CPU time by getrusage;
+//!   `--codec zstd` libzstd, `--codec isal` ISA-L's stateful deflate (needs `--features isal`).
 //! * `verify` checks the NDJSON the server produced: line count, every line a JSON object,
 //!   unique `request_id`s whose order-independent digest matches the one `gen` recorded.
 //!
@@ -99,10 +101,11 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         max_retries: u32,
     },
-    /// Baseline: the chunk compressor alone, one thread: flate2 (zlib-rs) gzip, or libzstd
-    /// with the server's frame settings (window log 20, no checksum).
+    /// Baseline: the chunk compressor alone, one thread: flate2 (zlib-rs) gzip, libzstd
+    /// with the server's frame settings (window log 20, no checksum), or ISA-L gzip (levels
+    /// 0..=3; a build with `--features isal`).
     Compress {
-        #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
+        #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "isal"])]
         codec: String,
         #[arg(long, default_value_t = 6)]
         level: u32,
@@ -1514,7 +1517,11 @@ fn run_http_connection(
 // Baseline compressor.
 
 fn compress(codec: &str, level: u32, file: &Path, out: Option<&Path>) -> Result<()> {
-    let levels = if codec == "zstd" { 1..=19 } else { 0..=9 };
+    let levels = match codec {
+        "zstd" => 1..=19,
+        "isal" => 0..=3,
+        _ => 0..=9,
+    };
     if !levels.contains(&level) {
         bail!(
             "--level must be {}..={} for {codec}",
@@ -1527,7 +1534,9 @@ fn compress(codec: &str, level: u32, file: &Path, out: Option<&Path>) -> Result<
     let t0 = Instant::now();
     let sink = Vec::with_capacity(input.len() / 4);
     // Fed in 64 KiB writes, as a streaming compressor would see the data.
-    let output = if codec == "zstd" {
+    let output = if codec == "isal" {
+        isal_gzip(&input, level, sink)?
+    } else if codec == "zstd" {
         let mut enc = zstd::stream::write::Encoder::new(sink, level as i32)?;
         enc.include_checksum(false)?;
         enc.window_log(20)?;
@@ -1562,6 +1571,66 @@ fn compress(codec: &str, level: u32, file: &Path, out: Option<&Path>) -> Result<
         input.len() as f64 / cpu.max(1e-9) / 1e6
     );
     Ok(())
+}
+
+/// ISA-L's stateful deflate as igzip drives it: one gzip member (ISA-L writes the header and the
+/// trailer, CRC-32 included), the input in 64 KiB writes, `end_of_stream` with the last. The
+/// server's engine is the same stream with a sync flush at each commit (src/buffer/isal.rs).
+#[cfg(feature = "isal")]
+fn isal_gzip(input: &[u8], level: u32, mut out: Vec<u8>) -> Result<Vec<u8>> {
+    use isal_sys::igzip_lib as ffi;
+    let size = [
+        ffi::ISAL_DEF_LVL0_DEFAULT,
+        ffi::ISAL_DEF_LVL1_DEFAULT,
+        ffi::ISAL_DEF_LVL2_DEFAULT,
+        ffi::ISAL_DEF_LVL3_DEFAULT,
+    ][level as usize];
+    let mut level_buf = vec![0u8; size as usize];
+    // SAFETY: all zeroes is a valid isal_zstream (plain C data); isal_deflate_init sets it up.
+    let mut s: Box<ffi::isal_zstream> = unsafe { Box::new_zeroed().assume_init() };
+    unsafe { ffi::isal_deflate_init(&mut *s) };
+    s.level = level;
+    s.level_buf_size = size;
+    s.level_buf = if size == 0 {
+        std::ptr::null_mut()
+    } else {
+        level_buf.as_mut_ptr()
+    };
+    s.gzip_flag = ffi::IGZIP_GZIP as u16;
+    let mut blocks: Vec<&[u8]> = input.chunks(64 << 10).collect();
+    if blocks.is_empty() {
+        blocks.push(&[]);
+    }
+    for (i, block) in blocks.iter().enumerate() {
+        s.next_in = block.as_ptr().cast_mut();
+        s.avail_in = block.len() as u32;
+        s.end_of_stream = u16::from(i + 1 == blocks.len());
+        loop {
+            if out.capacity() - out.len() < 64 << 10 {
+                out.reserve(1 << 20);
+            }
+            let len = out.len();
+            let spare = out.capacity() - len;
+            s.next_out = out.spare_capacity_mut().as_mut_ptr().cast();
+            s.avail_out = spare as u32;
+            // SAFETY: next_in/next_out describe live, unaliased buffers for this call.
+            let ret = unsafe { ffi::isal_deflate(&mut *s) };
+            unsafe { out.set_len(len + spare - s.avail_out as usize) };
+            if ret != ffi::COMP_OK as i32 {
+                bail!("isal_deflate: error {ret}");
+            }
+            let finished = s.internal_state.state == ffi::isal_zstate_state_ZSTATE_END;
+            if s.avail_in == 0 && (s.end_of_stream == 0 || finished) {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "isal"))]
+fn isal_gzip(_input: &[u8], _level: u32, _out: Vec<u8>) -> Result<Vec<u8>> {
+    bail!("--codec isal needs the bench built with `--features isal`")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,9 +13,11 @@
 #   HTTP_PORT [24298]  HTTP_TIME [rfc3339]  (http mode: the intake's port; `time` field as an
 #                      RFC 3339 string or `epoch` seconds)
 #   COMPRESSION [gzip] buffer.compression: gzip or zstd (objects .json.gz / .json.zst)
-#   RECORDS [1000000]  LEVEL [6 for gzip, 3 for zstd]  CONNECTIONS [2]  WINDOW [4]  PER_FRAME [1000]  SEED [1]
+#   RECORDS [1000000]  LEVEL [6 for gzip (1 with GZIP_ENGINE=isal), 3 for zstd]  CONNECTIONS [2]  WINDOW [4]  PER_FRAME [1000]  SEED [1]
 #   PORT [24299]  SHARDS [0 = one per core]  SEAL_BYTES [64MiB]  SEAL_AGE [60s]
 #   CARGO_FLAGS [""]   e.g. "--no-default-features" for a build without the S3 store
+#   GZIP_ENGINE [zlib] isal: buffer.gzip_engine: isal (LEVEL 1..3, CARGO_FLAGS="--features isal"),
+#                      baseline `forward_load compress --codec isal`
 #   SKIP_BUILD [0]     1: use the binaries already in target/
 #   KEEP [0]           1: keep the run folder (data dir, NDJSON, logs) after the run
 #   SERVER, BENCH      override the server binary / the forward_load bench executable
@@ -27,9 +29,12 @@ ROOT=$PWD
 
 RECORDS=${RECORDS:-1000000}
 COMPRESSION=${COMPRESSION:-gzip}
-case $COMPRESSION in
-    gzip) LEVEL=${LEVEL:-6} ENGINE="flate2 (zlib-rs)" EXT=gz ;;
-    zstd) LEVEL=${LEVEL:-3} ENGINE="libzstd" EXT=zst ;;
+GZIP_ENGINE=${GZIP_ENGINE:-zlib}
+BASE_CODEC=$COMPRESSION
+case $COMPRESSION/$GZIP_ENGINE in
+    gzip/isal) LEVEL=${LEVEL:-1} ENGINE="ISA-L" EXT=gz BASE_CODEC=isal ;;
+    gzip/*) LEVEL=${LEVEL:-6} ENGINE="flate2 (zlib-rs)" EXT=gz ;;
+    zstd/*) LEVEL=${LEVEL:-3} ENGINE="libzstd" EXT=zst ;;
     *) echo "[run.sh] ERROR: COMPRESSION must be gzip or zstd, not $COMPRESSION" >&2; exit 1 ;;
 esac
 CONNECTIONS=${CONNECTIONS:-2}
@@ -101,7 +106,7 @@ data_dir: $DATA_DIR
 node: bench
 forward: {bind: "127.0.0.1:$PORT"}
 metrics: {enabled: false}
-buffer: {seal_bytes: $SEAL_BYTES, seal_age: $SEAL_AGE, compression: $COMPRESSION, compression_level: $LEVEL, shards: $SHARDS}
+buffer: {seal_bytes: $SEAL_BYTES, seal_age: $SEAL_AGE, compression: $COMPRESSION, compression_level: $LEVEL, shards: $SHARDS, gzip_engine: $GZIP_ENGINE}
 targets: [{name: default, match: ["**"], store: local}]
 EOF
 WAIT_PORTS=$PORT
@@ -278,7 +283,7 @@ GZIP_BYTES=$(stat -c %s "$RUN/all.gz")
 GZIP_CPU=$(awk '{ printf "%.2f", $1 + $2 }' "$RUN/gzip.time")
 rm -f "$RUN/all.gz"
 log "baseline: $ENGINE level $LEVEL alone, one thread, 64 KiB writes"
-"$BENCH" compress --codec "$COMPRESSION" --level "$LEVEL" --file "$NDJSON" >"$RUN/compress.out"
+"$BENCH" compress --codec "$BASE_CODEC" --level "$LEVEL" --file "$NDJSON" >"$RUN/compress.out"
 FL_BYTES=$(awk '/^compress.output_bytes:/ {print $2}' "$RUN/compress.out")
 FL_CPU=$(awk '/^compress.cpu_s:/ {print $2}' "$RUN/compress.out")
 CLI_LABEL= CLI_BYTES=0 CLI_CPU=0

@@ -93,12 +93,13 @@ def test_dockerfile_build_steps_and_runtime_settings(tmp_path):
     dockerignore = (ROOT / ".dockerignore").read_text().split()
     assert "target/" in dockerignore and ".git/" in dockerignore, dockerignore
 
-    # The build stage's script, on this host (the dev profile reuses the test build; the
-    # image builds with the release profile).
+    # The build stage's script, on this host (the dev profile and tests/run's features reuse the
+    # test build, which every later test runs; the image builds with the release profile).
     rootfs = tmp_path / "rootfs"
     p = subprocess.run(["packaging/docker/build.sh", str(rootfs)], cwd=ROOT, capture_output=True,
                        text=True, timeout=600,
-                       env=dict(os.environ, PROFILE="dev", FEATURES="redshift,lambda"))
+                       env=dict(os.environ, PROFILE="dev",
+                                FEATURES=os.environ.get("RIN_SHIP_FEATURES", "redshift,lambda,isal")))
     assert p.returncode == 0, p.stderr[-4000:]
     assert re.match(r"rin-ship \d+\.\d+\.\d+ \(commit ", p.stdout), p.stdout
     binary = rootfs / "usr/local/bin/rin-ship"

@@ -1,4 +1,4 @@
-//! The buffer: turns accepted batches of NDJSON lines into durable, sealed gzip chunks on
+//! The buffer: turns accepted batches of NDJSON lines into durable, sealed compressed chunks on
 //! disk. Owns chunk files, group commit, sealing, crash recovery, the disk quota and request-id
 //! dedupe. It must never report a batch durable before its bytes and journal record are
 //! fsynced, and never lose or duplicate a committed line across crashes.
@@ -8,7 +8,8 @@
 //! it, compresses them, and commits once for the lot (group commit), then answers all their
 //! submitters. `recover.rs` brings back what a previous run left, `usage.rs` is the disk quota,
 //! `backlog.rs` the age of what is not uploaded yet, `dedupe.rs` the ids of recently stored
-//! batches, `chunk.rs` one chunk's files.
+//! batches, `chunk.rs` one chunk's files, `encoder.rs` their
+//! compressor (`isal.rs`: the ISA-L gzip engine, with the `isal` feature).
 //!
 //! Which writer takes a batch is decided per connection ([`Source`]), not batch by batch:
 //! every batch of one connection and partition goes to the same writer, whose queue is
@@ -22,6 +23,8 @@ pub mod chunk;
 mod config;
 mod dedupe;
 mod encoder;
+#[cfg(feature = "isal")]
+mod isal;
 mod recover;
 mod seq;
 mod usage;
@@ -192,7 +195,7 @@ impl Buffer {
                     busy: in_hand,
                     target: index,
                     dir: root.join(&target.name),
-                    codec: (config.compression, config.level()),
+                    compressor: config.compressor(),
                     fsync: config.fsync,
                     seal_bytes: config.seal_bytes.0,
                     seal_age: config.seal_age.0,

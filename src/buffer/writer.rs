@@ -6,10 +6,10 @@
 
 use super::chunk::{self, OpenChunk};
 use super::dedupe::ClaimGuard;
+use super::encoder::Compressor;
 use super::seq::SeqAllocator;
 use super::usage::Usage;
 use super::{Batch, Sealed, StoreError};
-use crate::common::codec::Codec;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,8 +53,8 @@ pub(super) struct ShardWriter {
     pub busy: Arc<AtomicUsize>,
     pub target: usize,
     pub dir: PathBuf,
-    /// The codec and level chunks are written with.
-    pub codec: (Codec, i32),
+    /// What chunks are written with.
+    pub compressor: Compressor,
     pub fsync: bool,
     pub seal_bytes: u64,
     pub seal_age: Duration,
@@ -237,7 +237,7 @@ impl ShardWriter {
             .seqs
             .next()
             .map_err(|e| StoreError::io("cannot allocate a chunk number".into(), e))?;
-        let chunk = OpenChunk::create(&self.dir, seq, key, self.codec, self.fsync)
+        let chunk = OpenChunk::create(&self.dir, seq, key, self.compressor, self.fsync)
             .map_err(|e| StoreError::io(format!("cannot create chunk {seq}"), e))?;
         self.open.insert(key.clone(), (chunk, 0));
         metrics::gauge!("rin_buffer_chunks", "state" => "open").increment(1.0);
