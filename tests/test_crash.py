@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import subprocess
 import signal
 import threading
 import time
@@ -144,16 +145,36 @@ class Client:
         assert not self.pending
 
 
+# Every chunk encoder: a chunk cut back to its last durable point must close into an object
+# holding exactly the committed lines, whatever wrote it.
+ENCODERS = {
+    "zlib": ({}, ".json.gz", ["gzip", "-t"]),
+    "zstd": ({"compression": "zstd"}, ".json.zst", ["zstd", "-t", "-q"]),
+    "isal": ({"gzip_engine": "isal"}, ".json.gz", ["gzip", "-t"]),
+}
+
+
+def check_objects(r, encoder: str) -> None:
+    _, suffix, tool = ENCODERS[encoder]
+    for key in r.objects():
+        assert key.endswith(suffix), key
+        p = subprocess.run([*tool, str(r.store_dir / key)], capture_output=True, text=True)
+        assert p.returncode == 0, f"{' '.join(tool)} {key}: {p.stderr}"
+
+
 @pytest.mark.timeout(240)
-def test_sigkill_mid_flight_three_times(rin):
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_sigkill_mid_flight_three_times(rin, encoder):
     seed = random.randrange(1 << 30)
     print("seed", seed)
     cl = Client(seed)
     rng = random.Random(seed + 1)
-    r = rin({"buffer": {"seal_age": "1s", "seal_bytes": "48KiB"}})
+    r = rin({"buffer": {"seal_age": "1s", "seal_bytes": "48KiB", **ENCODERS[encoder][0]}})
     kills = 3
     cl.kill_rounds(r, rng, kills, acks=(5, 60), pause=lambda: rng.random() * 0.3)
     r.terminate()
+    assert r.objects()
+    check_objects(r, encoder)
     got = r.records()
     expected = [line(x) for x in cl.all_records()]
     # every acked record exactly once, nothing twice, nothing invented
@@ -164,10 +185,11 @@ def test_sigkill_mid_flight_three_times(rin):
 
 
 @pytest.mark.timeout(120)
-def test_sigkill_with_open_chunk(rin):
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_sigkill_with_open_chunk(rin, encoder):
     """Acked records sitting in an unsealed chunk (seal_age 60s) survive SIGKILL, and a second
     kill right after recovery does not duplicate or lose them."""
-    r = rin({"buffer": {"seal_age": "60s", "seal_bytes": "64MiB"}})
+    r = rin({"buffer": {"seal_age": "60s", "seal_bytes": "64MiB", **ENCODERS[encoder][0]}})
     expected = []
     with r.connect() as c:
         for i in range(60):
@@ -187,6 +209,7 @@ def test_sigkill_with_open_chunk(rin):
         c.expect_ack("open-0")
     r.terminate()
     assert_same_records(r.records(), expected)
+    check_objects(r, encoder)
 
 
 @pytest.mark.timeout(120)
