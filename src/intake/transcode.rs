@@ -92,14 +92,27 @@ impl TimeRenderer {
         if self.precision == 0 {
             return;
         }
-        let mut digits = [0u8; 9];
-        let mut n = nanos;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-        out.push(b'.');
-        out.extend_from_slice(&digits[..self.precision as usize]);
+        // The first `precision` of the 9 digits of the nanoseconds (their lowest 9, whatever
+        // the value), zero padded: the digits are cut first, then formatted by itoa.
+        const CUT: [u32; 10] = [
+            1_000_000_000,
+            100_000_000,
+            10_000_000,
+            1_000_000,
+            100_000,
+            10_000,
+            1_000,
+            100,
+            10,
+            1,
+        ];
+        let p = self.precision as usize;
+        let n = nanos % 1_000_000_000 / CUT[p];
+        let mut digits = *b".000000000";
+        let mut text = itoa::Buffer::new();
+        let text = text.format(n).as_bytes();
+        digits[1 + p - text.len()..1 + p].copy_from_slice(text);
+        out.extend_from_slice(&digits[..1 + p]);
     }
 }
 
@@ -199,7 +212,11 @@ impl LineFormat {
                 let at = out.len();
                 out.extend_from_slice(&key.json);
                 out.truncate(at + key.json_len as usize);
-                write_value(out, record, times, 1)?;
+                // Most values are strings: written here, without write_value's call.
+                match record.bytes_and_rest()? {
+                    Some((bytes, rest)) => write_short_or_str(out, bytes, rest),
+                    None => write_value(out, record, times, 1)?,
+                }
                 first = false;
                 continue;
             }
@@ -268,8 +285,8 @@ impl KeyCache {
 
     /// The cached key at `position` if `rest` (the reader's bytes) starts with it.
     #[inline(always)]
-    fn get(&self, position: usize, rest: &[u8]) -> Option<CachedKey> {
-        let key = (*self.slots.get(position)?)?;
+    fn get(&self, position: usize, rest: &[u8]) -> Option<&CachedKey> {
+        let key = self.slots.get(position)?.as_ref()?;
         let [lo, hi] = Self::words(rest)?;
         (lo & key.mask[0] == key.raw[0] && hi & key.mask[1] == key.raw[1]).then_some(key)
     }
@@ -347,7 +364,7 @@ fn write_value(
         0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff => {
             let v = r
                 .int()?
-                .ok_or(DecodeError::Invalid("unexpected msgpack type".into()))?;
+                .ok_or_else(|| DecodeError::Invalid("unexpected msgpack type".into()))?;
             // i64 where it fits (all but u64 values past i64::MAX): itoa's 128-bit path costs
             // about twice as much.
             let mut digits = itoa::Buffer::new();
@@ -357,14 +374,7 @@ fn write_value(
             };
             out.extend_from_slice(text.as_bytes());
         }
-        0xcb => {
-            let v = r.float()?.unwrap_or(f64::NAN);
-            if v.is_finite() {
-                out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
-            } else {
-                out.extend_from_slice(b"null");
-            }
-        }
+        0xcb => write_f64(out, r.float()?.unwrap_or(f64::NAN)),
         0xc0 => {
             r.nil()?;
             out.extend_from_slice(b"null");
@@ -431,6 +441,76 @@ fn write_value(
         0xc1 => return invalid("reserved msgpack byte 0xc1 in record"),
     }
     Ok(())
+}
+
+/// Writes an f64 as ryu writes it (shortest round trip), `null` if it is not finite.
+#[inline]
+fn write_f64(out: &mut Vec<u8>, v: f64) {
+    let Some((m, k)) = few_decimals(v.abs()) else {
+        if v.is_finite() {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+        } else {
+            out.extend_from_slice(b"null");
+        }
+        return;
+    };
+    // `m` with a point before its last `k` digits, as ryu writes values of this size
+    // (`12.34`, `0.05`: no exponent between 1e-5 and 1e16).
+    let mut text = [0u8; 24];
+    let mut i = text.len();
+    let mut frac = m % POW10[k];
+    for _ in 0..k {
+        i -= 1;
+        text[i] = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    i -= 1;
+    text[i] = b'.';
+    let mut int = m / POW10[k];
+    loop {
+        i -= 1;
+        text[i] = b'0' + (int % 10) as u8;
+        int /= 10;
+        if int == 0 {
+            break;
+        }
+    }
+    if v.is_sign_negative() {
+        i -= 1;
+        text[i] = b'-';
+    }
+    out.extend_from_slice(&text[i..]);
+}
+
+const POW10: [u64; 4] = [1, 10, 100, 1000];
+
+/// Measurements in logs are mostly decimals of 1 to 3 places (`0.123` s, `12.5` ms), for
+/// which ryu's general algorithm costs several times the rest of the line's numbers. `a`
+/// (not negative) as `m / 10^k` with the fewest places `k` in 1..=3, when that decimal reads
+/// back as `a`; `None` for anything else (integral values, more places, outside 1e-3..1e12,
+/// not finite), which ryu writes.
+///
+/// Why this is ryu's output: `m / 10^k` computed in f64 is the exact decimal correctly
+/// rounded, so it equals `a` exactly when the decimal is in `a`'s rounding interval, ryu's
+/// candidates. Below 1e12 `a * 10^k` is under 2^50, where the interval is narrower than 1,
+/// so `m` (the nearest integer) is the only candidate with `k` places; fewer places were
+/// tried first (none for `k` = 0: a non-integral `a` this small is not within reach of an
+/// integer), so `m` has the fewest digits, and it is the closest with that many. The
+/// property test `floats_are_ryus` holds the two to the same bytes.
+#[inline]
+fn few_decimals(a: f64) -> Option<(u64, usize)> {
+    if !(1e-3..1e12).contains(&a) || a.fract() == 0.0 {
+        return None;
+    }
+    for (k, &p) in POW10.iter().enumerate().skip(1) {
+        let m = (a * p as f64).round();
+        if m / p as f64 == a {
+            let m = m as u64;
+            // Fewest places means no trailing zero; should that ever fail, ryu decides.
+            return (!m.is_multiple_of(10)).then_some((m, k));
+        }
+    }
+    None
 }
 
 /// Writes bytes as a JSON string, replacing invalid UTF-8 with U+FFFD.
@@ -876,6 +956,94 @@ mod tests {
                     .unwrap();
             }
             proptest::prop_assert_eq!(String::from_utf8(cached).unwrap(), String::from_utf8(fresh).unwrap());
+        }
+    }
+
+    fn ryu_text(v: f64) -> String {
+        if v.is_finite() {
+            ryu::Buffer::new().format_finite(v).to_string()
+        } else {
+            "null".to_string()
+        }
+    }
+
+    #[test]
+    fn floats_are_ryus_for_every_short_decimal() {
+        // Every decimal of 1 to 3 places below 200 and around the range's edges, both signs,
+        // and their neighbouring floats (which take the ryu path).
+        let mut values = Vec::new();
+        for n in 0..200_000u64 {
+            for p in [10.0, 100.0, 1000.0] {
+                values.push(n as f64 / p);
+            }
+        }
+        for base in [1e-3f64, 1e12, 1e11, 999_999_999_999.9, 4503599627370.5] {
+            for d in -3i64..=3 {
+                values.push(f64::from_bits(base.to_bits().wrapping_add_signed(d)));
+            }
+        }
+        values.extend([
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+            5e-324,
+            1e300,
+        ]);
+        for v in values {
+            for v in [
+                v,
+                -v,
+                f64::from_bits(v.to_bits().wrapping_add(1)),
+                f64::from_bits(v.to_bits().wrapping_sub(1)),
+            ] {
+                let mut out = Vec::new();
+                write_f64(&mut out, v);
+                assert_eq!(String::from_utf8(out).unwrap(), ryu_text(v), "{v:e}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any float (short decimals scaled anywhere, and arbitrary bits): ryu's bytes.
+        #[test]
+        fn floats_are_ryus(
+            n in 0u64..10_000_000_000_000,
+            k in 0i32..8,
+            bits in proptest::prelude::any::<u64>(),
+        ) {
+            for v in [n as f64 / 10f64.powi(k), f64::from_bits(bits)] {
+                let mut out = Vec::new();
+                write_f64(&mut out, v);
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), ryu_text(v));
+            }
+        }
+    }
+
+    #[test]
+    fn fractions_of_every_precision() {
+        for precision in 0..=9u8 {
+            let fmt = LineFormat::new("t", TimeFormat::EpochSeconds, precision, "");
+            for nanos in [
+                0,
+                1,
+                5,
+                123_456_789,
+                999_999_999,
+                100_000_000,
+                1_000_000_007,
+            ] {
+                let mut out = Vec::new();
+                fmt.renderer().fraction(&mut out, nanos);
+                let digits = format!("{:09}", nanos % 1_000_000_000);
+                let want = if precision == 0 {
+                    String::new()
+                } else {
+                    format!(".{}", &digits[..precision as usize])
+                };
+                assert_eq!(String::from_utf8(out).unwrap(), want);
+            }
         }
     }
 
