@@ -1,5 +1,6 @@
-//! A borrowing msgpack reader over byte slices: the type table comes from `rmp::Marker`, the
-//! rest is slicing, because the hot path wants to borrow strings and skip values without
+//! A borrowing msgpack reader over byte slices: the type table comes from `rmp::Marker` (the
+//! hot readers match msgpack's marker byte ranges directly, which is cheaper), the rest is
+//! slicing, because the hot path wants to borrow strings and skip values without
 //! copying or allocating. Skipping is iterative (a count of pending items, not recursion), so
 //! no input can overflow the stack, and every declared length is checked against the bytes
 //! actually present before anything is allocated. It must never panic, whatever the bytes.
@@ -183,18 +184,45 @@ impl<'a> Reader<'a> {
         Ok(&self.buf[start..self.pos])
     }
 
+    /// The next byte, undecoded: for callers that dispatch on the marker byte themselves
+    /// (the transcoder's hot loop), which is cheaper than building a `Marker` per value.
+    #[inline]
+    pub fn peek_byte(&self) -> Result<u8> {
+        self.buf
+            .get(self.pos)
+            .copied()
+            .ok_or(DecodeError::Truncated)
+    }
+
+    /// The bytes from the cursor to the end of the buffer (what is left to read).
+    #[inline]
+    pub fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos.min(self.buf.len())..]
+    }
+
+    /// Moves the cursor `n` bytes on, no further than the end: for a caller that has already
+    /// matched the next value's bytes in [`Reader::rest`].
+    #[inline]
+    pub fn advance(&mut self, n: usize) {
+        self.pos = self.pos.saturating_add(n).min(self.buf.len());
+    }
+
+    // The readers below match on the marker byte directly (the ranges are msgpack's): one
+    // byte compare per value instead of `Marker::from_u8`'s table and a second match.
+
     /// Reads an array header; `None` (nothing consumed) if the next value is not an array.
     pub fn array_len(&mut self) -> Result<Option<usize>> {
-        let n = match self.peek()? {
-            Marker::FixArray(n) => {
+        let m = self.peek_byte()?;
+        let n = match m {
+            0x90..=0x9f => {
                 self.pos += 1;
-                n as u64
+                (m & 0x0f) as u64
             }
-            Marker::Array16 => {
+            0xdc => {
                 self.pos += 1;
                 self.uint(2)?
             }
-            Marker::Array32 => {
+            0xdd => {
                 self.pos += 1;
                 self.uint(4)?
             }
@@ -205,16 +233,17 @@ impl<'a> Reader<'a> {
 
     /// Reads a map header; `None` (nothing consumed) if the next value is not a map.
     pub fn map_len(&mut self) -> Result<Option<usize>> {
-        let n = match self.peek()? {
-            Marker::FixMap(n) => {
+        let m = self.peek_byte()?;
+        let n = match m {
+            0x80..=0x8f => {
                 self.pos += 1;
-                n as u64
+                (m & 0x0f) as u64
             }
-            Marker::Map16 => {
+            0xde => {
                 self.pos += 1;
                 self.uint(2)?
             }
-            Marker::Map32 => {
+            0xdf => {
                 self.pos += 1;
                 self.uint(4)?
             }
@@ -231,18 +260,29 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a str or bin payload as bytes; `None` (nothing consumed) for other types.
+    #[inline]
     pub fn bytes(&mut self) -> Result<Option<&'a [u8]>> {
-        let (skip, len) = match self.peek()? {
-            Marker::FixStr(n) => (1, n as u64),
-            Marker::Str8 | Marker::Bin8 => (2, be(self.buf, self.pos + 1, 1)?),
-            Marker::Str16 | Marker::Bin16 => (3, be(self.buf, self.pos + 1, 2)?),
-            Marker::Str32 | Marker::Bin32 => (5, be(self.buf, self.pos + 1, 4)?),
+        Ok(self.bytes_and_rest()?.map(|(b, _)| b))
+    }
+
+    /// [`Reader::bytes`], with the buffer from the payload's first byte to its end (the
+    /// payload and whatever follows it), so a writer can copy a fixed-size block and keep
+    /// the payload's part of it.
+    #[inline]
+    pub fn bytes_and_rest(&mut self) -> Result<Option<(&'a [u8], &'a [u8])>> {
+        let m = self.peek_byte()?;
+        let (skip, len) = match m {
+            0xa0..=0xbf => (1, (m & 0x1f) as u64),
+            0xc4 | 0xd9 => (2, be(self.buf, self.pos + 1, 1)?),
+            0xc5 | 0xda => (3, be(self.buf, self.pos + 1, 2)?),
+            0xc6 | 0xdb => (5, be(self.buf, self.pos + 1, 4)?),
             _ => return Ok(None),
         };
         let save = self.pos;
         self.pos += skip;
+        let rest = self.rest();
         match self.take(len as usize) {
-            Ok(b) => Ok(Some(b)),
+            Ok(b) => Ok(Some((b, rest))),
             Err(e) => {
                 self.pos = save;
                 Err(e)
@@ -253,44 +293,45 @@ impl<'a> Reader<'a> {
     /// Reads an integer of any width; `None` (nothing consumed) for other types.
     /// Values beyond i64 come back as `i128` so callers can judge them.
     pub fn int(&mut self) -> Result<Option<i128>> {
-        let v: i128 = match self.peek()? {
-            Marker::FixPos(n) => {
+        let m = self.peek_byte()?;
+        let v: i128 = match m {
+            0x00..=0x7f => {
                 self.pos += 1;
-                n as i128
+                m as i128
             }
-            Marker::FixNeg(n) => {
+            0xe0..=0xff => {
                 self.pos += 1;
-                n as i128
+                m as i8 as i128
             }
-            Marker::U8 => {
+            0xcc => {
                 self.pos += 1;
                 self.uint(1)? as i128
             }
-            Marker::U16 => {
+            0xcd => {
                 self.pos += 1;
                 self.uint(2)? as i128
             }
-            Marker::U32 => {
+            0xce => {
                 self.pos += 1;
                 self.uint(4)? as i128
             }
-            Marker::U64 => {
+            0xcf => {
                 self.pos += 1;
                 self.uint(8)? as i128
             }
-            Marker::I8 => {
+            0xd0 => {
                 self.pos += 1;
                 self.uint(1)? as u8 as i8 as i128
             }
-            Marker::I16 => {
+            0xd1 => {
                 self.pos += 1;
                 self.uint(2)? as u16 as i16 as i128
             }
-            Marker::I32 => {
+            0xd2 => {
                 self.pos += 1;
                 self.uint(4)? as u32 as i32 as i128
             }
-            Marker::I64 => {
+            0xd3 => {
                 self.pos += 1;
                 self.uint(8)? as i64 as i128
             }
@@ -301,12 +342,12 @@ impl<'a> Reader<'a> {
 
     /// Reads a float; `None` (nothing consumed) for other types.
     pub fn float(&mut self) -> Result<Option<f64>> {
-        match self.peek()? {
-            Marker::F32 => {
+        match self.peek_byte()? {
+            0xca => {
                 self.pos += 1;
                 Ok(Some(f32::from_bits(self.uint(4)? as u32) as f64))
             }
-            Marker::F64 => {
+            0xcb => {
                 self.pos += 1;
                 Ok(Some(f64::from_bits(self.uint(8)?)))
             }
@@ -343,7 +384,7 @@ impl<'a> Reader<'a> {
 
     /// Reads `nil`; returns whether it was one.
     pub fn nil(&mut self) -> Result<bool> {
-        if self.peek()? == Marker::Null {
+        if self.peek_byte()? == 0xc0 {
             self.pos += 1;
             return Ok(true);
         }

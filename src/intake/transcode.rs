@@ -19,7 +19,6 @@
 
 use crate::intake::msgpack::{DecodeError, EventTime, Reader, Result, invalid, type_name};
 use base64::Engine;
-use rmp::Marker;
 use serde::Deserialize;
 
 /// How a line's time field is written (a target's `time_format`).
@@ -38,12 +37,14 @@ pub enum TimeFormat {
 const MAX_DEPTH: usize = 64;
 
 /// Renders event times, caching the calendar part of the last second seen (consecutive
-/// events nearly always share it).
+/// events nearly always share it). It is the per-stream state of line writing, so it also
+/// holds the record keys last seen at each position ([`KeyCache`]).
 pub struct TimeRenderer {
     format: TimeFormat,
     precision: u8,
     cached_secs: i64,
     cached: [u8; 19],
+    keys: KeyCache,
 }
 
 impl TimeRenderer {
@@ -53,6 +54,7 @@ impl TimeRenderer {
             precision: precision.min(9),
             cached_secs: i64::MIN,
             cached: [0; 19],
+            keys: KeyCache::default(),
         }
     }
 
@@ -90,14 +92,27 @@ impl TimeRenderer {
         if self.precision == 0 {
             return;
         }
-        let mut digits = [0u8; 9];
-        let mut n = nanos;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-        out.push(b'.');
-        out.extend_from_slice(&digits[..self.precision as usize]);
+        // The first `precision` of the 9 digits of the nanoseconds (their lowest 9, whatever
+        // the value), zero padded: the digits are cut first, then formatted by itoa.
+        const CUT: [u32; 10] = [
+            1_000_000_000,
+            100_000_000,
+            10_000_000,
+            1_000_000,
+            100_000,
+            10_000,
+            1_000,
+            100,
+            10,
+            1,
+        ];
+        let p = self.precision as usize;
+        let n = nanos % 1_000_000_000 / CUT[p];
+        let mut digits = *b".000000000";
+        let mut text = itoa::Buffer::new();
+        let text = text.format(n).as_bytes();
+        digits[1 + p - text.len()..1 + p].copy_from_slice(text);
+        out.extend_from_slice(&digits[..1 + p]);
     }
 }
 
@@ -183,23 +198,134 @@ impl LineFormat {
         };
         out.push(b'{');
         let mut first = !self.write_prefix(out, times, tag_json, time)?;
-        for _ in 0..len {
+        for i in 0..len {
+            if let Some(key) = times.keys.get(i, record.rest()) {
+                record.advance(key.raw_len as usize);
+                if key.reserved {
+                    record.skip()?;
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                // The whole padded block is one fixed-size copy; the padding is cut off.
+                let at = out.len();
+                out.extend_from_slice(&key.json);
+                out.truncate(at + key.json_len as usize);
+                // Most values are strings: written here, without write_value's call.
+                match record.bytes_and_rest()? {
+                    Some((bytes, rest)) => write_short_or_str(out, bytes, rest),
+                    None => write_value(out, record, times, 1)?,
+                }
+                first = false;
+                continue;
+            }
+            let rest = record.rest();
             let key_start = out.len();
             if !first {
                 out.push(b',');
             }
+            let json_start = out.len();
             let key = write_key(out, record, times)?;
-            if key.is_some_and(|k| self.is_reserved(k)) {
+            let reserved = key.is_some_and(|k| self.is_reserved(k));
+            if !reserved {
+                out.push(b':');
+            }
+            times.keys.put(i, rest, &out[json_start..], reserved);
+            if reserved {
                 out.truncate(key_start);
                 record.skip()?;
                 continue;
             }
-            out.push(b':');
             write_value(out, record, times, 1)?;
             first = false;
         }
         out.extend_from_slice(b"}\n");
         Ok(())
+    }
+}
+
+/// The top-level keys of the last records, by position: records from one source repeat their
+/// keys in the same order, so a key that matches the one last seen at its position is written
+/// from its cached JSON (`"key":`) without decoding, scanning or escaping it again. Only fixstr
+/// keys of up to 15 bytes are cached, compared as two masked words of their msgpack bytes
+/// (marker included, so the length is compared too).
+#[derive(Default)]
+struct KeyCache {
+    slots: Vec<Option<CachedKey>>,
+}
+
+#[derive(Clone, Copy)]
+struct CachedKey {
+    /// The key's msgpack bytes (marker and payload) as two little-endian words, zero past
+    /// `raw_len`, and the masks that keep the first `raw_len` bytes of a word pair.
+    raw: [u64; 2],
+    mask: [u64; 2],
+    raw_len: u8,
+    /// Whether the key is the time or tag key (the pair is left out).
+    reserved: bool,
+    /// `"key":` as written, zero padded.
+    json: [u8; 24],
+    json_len: u8,
+}
+
+/// Positions past this are not cached (records rarely have more keys).
+const CACHED_POSITIONS: usize = 64;
+
+impl KeyCache {
+    /// Reads the first 16 bytes of `rest` as two words, if there are 16.
+    #[inline(always)]
+    fn words(rest: &[u8]) -> Option<[u64; 2]> {
+        let head: &[u8; 16] = rest.get(..16)?.try_into().ok()?;
+        Some([
+            u64::from_le_bytes(head[..8].try_into().unwrap()),
+            u64::from_le_bytes(head[8..].try_into().unwrap()),
+        ])
+    }
+
+    /// The cached key at `position` if `rest` (the reader's bytes) starts with it.
+    #[inline(always)]
+    fn get(&self, position: usize, rest: &[u8]) -> Option<&CachedKey> {
+        let key = self.slots.get(position)?.as_ref()?;
+        let [lo, hi] = Self::words(rest)?;
+        (lo & key.mask[0] == key.raw[0] && hi & key.mask[1] == key.raw[1]).then_some(key)
+    }
+
+    /// Remembers the key at `position`: `rest` was the reader's bytes before it, `json` what
+    /// was written for it (`"key":`; anything when `reserved`). Keys that are not short
+    /// fixstrs, and keys too close to the end of the buffer to be read as two words, are not
+    /// cached (the slot is cleared).
+    fn put(&mut self, position: usize, rest: &[u8], json: &[u8], reserved: bool) {
+        if position >= CACHED_POSITIONS {
+            return;
+        }
+        if self.slots.len() <= position {
+            self.slots.resize(position + 1, None);
+        }
+        self.slots[position] = (|| {
+            let marker = *rest.first()?;
+            if !(0xa0..=0xaf).contains(&marker) || json.len() > 24 {
+                return None;
+            }
+            let raw_len = 1 + (marker & 0x1f) as usize;
+            let [lo, hi] = Self::words(rest)?;
+            let keep = |n: usize| match n {
+                0 => 0,
+                1..=7 => (1u64 << (8 * n)) - 1,
+                _ => !0,
+            };
+            let mask = [keep(raw_len), keep(raw_len.saturating_sub(8))];
+            let mut padded = [0u8; 24];
+            padded[..json.len()].copy_from_slice(json);
+            Some(CachedKey {
+                raw: [lo & mask[0], hi & mask[1]],
+                mask,
+                raw_len: raw_len as u8,
+                reserved,
+                json: padded,
+                json_len: json.len() as u8,
+            })
+        })();
     }
 }
 
@@ -229,20 +355,39 @@ fn write_value(
     if depth > MAX_DEPTH {
         return invalid(format!("record nests deeper than {MAX_DEPTH} levels"));
     }
-    match r.peek()? {
-        Marker::Null => {
+    // Dispatch on the marker byte (msgpack's ranges), commonest first: strings, integers.
+    match r.peek_byte()? {
+        0xa0..=0xbf | 0xc4..=0xc6 | 0xd9..=0xdb => {
+            let (bytes, rest) = r.bytes_and_rest()?.unwrap_or_default();
+            write_short_or_str(out, bytes, rest);
+        }
+        0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff => {
+            let v = r
+                .int()?
+                .ok_or_else(|| DecodeError::Invalid("unexpected msgpack type".into()))?;
+            // i64 where it fits (all but u64 values past i64::MAX): itoa's 128-bit path costs
+            // about twice as much.
+            let mut digits = itoa::Buffer::new();
+            let text = match i64::try_from(v) {
+                Ok(small) => digits.format(small),
+                Err(_) => digits.format(v),
+            };
+            out.extend_from_slice(text.as_bytes());
+        }
+        0xcb => write_f64(out, r.float()?.unwrap_or(f64::NAN)),
+        0xc0 => {
             r.nil()?;
             out.extend_from_slice(b"null");
         }
-        Marker::True => {
+        0xc3 => {
             r.skip()?;
             out.extend_from_slice(b"true");
         }
-        Marker::False => {
+        0xc2 => {
             r.skip()?;
             out.extend_from_slice(b"false");
         }
-        Marker::F32 => {
+        0xca => {
             let bits = r.skip()?;
             let v = f32::from_be_bytes(bits[1..5].try_into().unwrap());
             if v.is_finite() {
@@ -251,25 +396,7 @@ fn write_value(
                 out.extend_from_slice(b"null");
             }
         }
-        Marker::F64 => {
-            let v = r.float()?.unwrap_or(f64::NAN);
-            if v.is_finite() {
-                out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
-            } else {
-                out.extend_from_slice(b"null");
-            }
-        }
-        Marker::FixStr(_)
-        | Marker::Str8
-        | Marker::Str16
-        | Marker::Str32
-        | Marker::Bin8
-        | Marker::Bin16
-        | Marker::Bin32 => {
-            let bytes = r.bytes()?.unwrap_or_default();
-            write_bytes_as_str(out, bytes);
-        }
-        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+        0x90..=0x9f | 0xdc | 0xdd => {
             let n = r.array_len()?.unwrap_or(0);
             out.push(b'[');
             for i in 0..n {
@@ -280,7 +407,7 @@ fn write_value(
             }
             out.push(b']');
         }
-        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
+        0x80..=0x8f | 0xde | 0xdf => {
             let n = r.map_len()?.unwrap_or(0);
             out.push(b'{');
             for i in 0..n {
@@ -293,14 +420,7 @@ fn write_value(
             }
             out.push(b'}');
         }
-        Marker::FixExt1
-        | Marker::FixExt2
-        | Marker::FixExt4
-        | Marker::FixExt8
-        | Marker::FixExt16
-        | Marker::Ext8
-        | Marker::Ext16
-        | Marker::Ext32 => {
+        0xc7..=0xc9 | 0xd4..=0xd8 => {
             let (kind, data) = r.ext()?.unwrap_or((0, &[]));
             if kind == 0 && data.len() == 8 {
                 let secs = u32::from_be_bytes(data[..4].try_into().unwrap()) as i64;
@@ -318,22 +438,79 @@ fn write_value(
                 out.extend_from_slice(b"\"}");
             }
         }
-        Marker::Reserved => return invalid("reserved msgpack byte 0xc1 in record"),
-        _ => {
-            let v = r
-                .int()?
-                .ok_or(DecodeError::Invalid("unexpected msgpack type".into()))?;
-            // i64 where it fits (all but u64 values past i64::MAX): itoa's 128-bit path costs
-            // about twice as much.
-            let mut digits = itoa::Buffer::new();
-            let text = match i64::try_from(v) {
-                Ok(small) => digits.format(small),
-                Err(_) => digits.format(v),
-            };
-            out.extend_from_slice(text.as_bytes());
-        }
+        0xc1 => return invalid("reserved msgpack byte 0xc1 in record"),
     }
     Ok(())
+}
+
+/// Writes an f64 as ryu writes it (shortest round trip), `null` if it is not finite.
+#[inline]
+fn write_f64(out: &mut Vec<u8>, v: f64) {
+    let Some((m, k)) = few_decimals(v.abs()) else {
+        if v.is_finite() {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+        } else {
+            out.extend_from_slice(b"null");
+        }
+        return;
+    };
+    // `m` with a point before its last `k` digits, as ryu writes values of this size
+    // (`12.34`, `0.05`: no exponent between 1e-5 and 1e16).
+    let mut text = [0u8; 24];
+    let mut i = text.len();
+    let mut frac = m % POW10[k];
+    for _ in 0..k {
+        i -= 1;
+        text[i] = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    i -= 1;
+    text[i] = b'.';
+    let mut int = m / POW10[k];
+    loop {
+        i -= 1;
+        text[i] = b'0' + (int % 10) as u8;
+        int /= 10;
+        if int == 0 {
+            break;
+        }
+    }
+    if v.is_sign_negative() {
+        i -= 1;
+        text[i] = b'-';
+    }
+    out.extend_from_slice(&text[i..]);
+}
+
+const POW10: [u64; 4] = [1, 10, 100, 1000];
+
+/// Measurements in logs are mostly decimals of 1 to 3 places (`0.123` s, `12.5` ms), for
+/// which ryu's general algorithm costs several times the rest of the line's numbers. `a`
+/// (not negative) as `m / 10^k` with the fewest places `k` in 1..=3, when that decimal reads
+/// back as `a`; `None` for anything else (integral values, more places, outside 1e-3..1e12,
+/// not finite), which ryu writes.
+///
+/// Why this is ryu's output: `m / 10^k` computed in f64 is the exact decimal correctly
+/// rounded, so it equals `a` exactly when the decimal is in `a`'s rounding interval, ryu's
+/// candidates. Below 1e12 `a * 10^k` is under 2^50, where the interval is narrower than 1,
+/// so `m` (the nearest integer) is the only candidate with `k` places; fewer places were
+/// tried first (none for `k` = 0: a non-integral `a` this small is not within reach of an
+/// integer), so `m` has the fewest digits, and it is the closest with that many. The
+/// property test `floats_are_ryus` holds the two to the same bytes.
+#[inline]
+fn few_decimals(a: f64) -> Option<(u64, usize)> {
+    if !(1e-3..1e12).contains(&a) || a.fract() == 0.0 {
+        return None;
+    }
+    for (k, &p) in POW10.iter().enumerate().skip(1) {
+        let m = (a * p as f64).round();
+        if m / p as f64 == a {
+            let m = m as u64;
+            // Fewest places means no trailing zero; should that ever fail, ryu decides.
+            return (!m.is_multiple_of(10)).then_some((m, k));
+        }
+    }
+    None
 }
 
 /// Writes bytes as a JSON string, replacing invalid UTF-8 with U+FFFD.
@@ -346,6 +523,43 @@ pub fn write_bytes_as_str(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
     write_escaped(out, bytes, false);
     out.push(b'"');
+}
+
+/// Strings this short, read from a buffer with at least [`SHORT`] bytes left, are scanned in
+/// up to 4 words and copied as one fixed-size block (then cut to length): a variable-length
+/// copy is a `memcpy` call, which costs more than the copy itself at these sizes.
+const SHORT: usize = 32;
+
+/// [`write_bytes_as_str`] for `bytes`, the start of `rest` (the reader's buffer from the
+/// string on).
+#[inline(always)]
+fn write_short_or_str(out: &mut Vec<u8>, bytes: &[u8], rest: &[u8]) {
+    let n = bytes.len();
+    if let Some(block) = rest.get(..SHORT).filter(|_| n <= SHORT) {
+        let block: &[u8; SHORT] = block.try_into().unwrap();
+        let mut flagged = 0;
+        let mut at = 0;
+        while at < n {
+            let x = u64::from_le_bytes(block[at..at + 8].try_into().unwrap());
+            // Only this string's bytes count; a borrow never flags a byte below its cause,
+            // so what follows the string cannot flag a byte of it.
+            let keep = match n - at {
+                k @ 1..=7 => (1u64 << (8 * k)) - 1,
+                _ => !0,
+            };
+            flagged |= attention_mask(x, false) & keep;
+            at += 8;
+        }
+        if flagged == 0 {
+            out.push(b'"');
+            let start = out.len();
+            out.extend_from_slice(block);
+            out.truncate(start + n);
+            out.push(b'"');
+            return;
+        }
+    }
+    write_bytes_as_str(out, bytes);
 }
 
 /// Writes a JSON string literal with the escapes JSON requires.
@@ -670,6 +884,165 @@ mod tests {
                 write_bytes_as_str(&mut out, &case);
                 let want = serde_json::to_string(&String::from_utf8_lossy(&case)).unwrap();
                 proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The fixed-block copy of short strings writes what the general path writes, whatever
+        /// follows the string in the buffer.
+        #[test]
+        fn short_strings_are_written_as_the_general_path_writes_them(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    8 => proptest::prelude::Just(b'a'),
+                    1 => proptest::prelude::Just(b'"'),
+                    1 => proptest::prelude::Just(b'\\'),
+                    1 => 0u8..0x20,
+                    1 => 0x80u8..=0xff,
+                ],
+                0..40,
+            ),
+            after in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let rest = [&bytes[..], &after].concat();
+            let mut fast = Vec::new();
+            write_short_or_str(&mut fast, &bytes, &rest);
+            let mut general = Vec::new();
+            write_bytes_as_str(&mut general, &bytes);
+            proptest::prop_assert_eq!(fast, general);
+        }
+
+        /// Records written one after another with one renderer (keys from the cache) give the
+        /// lines a fresh renderer gives each of them (keys decoded), reserved keys included.
+        #[test]
+        fn cached_keys_write_the_lines_decoded_keys_write(
+            records in proptest::collection::vec(
+                proptest::collection::vec(
+                    (
+                        proptest::prop_oneof![
+                            proptest::prelude::Just("ts".to_string()),
+                            proptest::prelude::Just("tag".to_string()),
+                            proptest::prelude::Just("a".to_string()),
+                            proptest::prelude::Just("abcdefghijklmno".to_string()),
+                            proptest::prelude::Just("abcdefghijklmnop".to_string()),
+                            proptest::prelude::Just("k\"q".to_string()),
+                            "[a-c]{0,9}",
+                        ],
+                        0i64..3,
+                    ),
+                    0..6,
+                ),
+                1..8,
+            ),
+        ) {
+            let fmt = LineFormat::new("ts", TimeFormat::EpochMillis, 3, "tag");
+            let mut bytes = Vec::new();
+            for rec in &records {
+                let map = rec
+                    .iter()
+                    .map(|(k, v)| (Value::from(k.as_str()), Value::from(*v)))
+                    .collect();
+                rmpv::encode::write_value(&mut bytes, &Value::Map(map)).unwrap();
+            }
+            let time = EventTime { secs: 1, nanos: 0 };
+            let (mut cached, mut fresh) = (Vec::new(), Vec::new());
+            let mut times = fmt.renderer();
+            let mut r = Reader::new(&bytes);
+            let mut r2 = Reader::new(&bytes);
+            for _ in &records {
+                fmt.write_line(&mut cached, &mut times, b"\"t\"", time, &mut r).unwrap();
+                fmt.write_line(&mut fresh, &mut fmt.renderer(), b"\"t\"", time, &mut r2)
+                    .unwrap();
+            }
+            proptest::prop_assert_eq!(String::from_utf8(cached).unwrap(), String::from_utf8(fresh).unwrap());
+        }
+    }
+
+    fn ryu_text(v: f64) -> String {
+        if v.is_finite() {
+            ryu::Buffer::new().format_finite(v).to_string()
+        } else {
+            "null".to_string()
+        }
+    }
+
+    #[test]
+    fn floats_are_ryus_for_every_short_decimal() {
+        // Every decimal of 1 to 3 places below 200 and around the range's edges, both signs,
+        // and their neighbouring floats (which take the ryu path).
+        let mut values = Vec::new();
+        for n in 0..200_000u64 {
+            for p in [10.0, 100.0, 1000.0] {
+                values.push(n as f64 / p);
+            }
+        }
+        for base in [1e-3f64, 1e12, 1e11, 999_999_999_999.9, 4503599627370.5] {
+            for d in -3i64..=3 {
+                values.push(f64::from_bits(base.to_bits().wrapping_add_signed(d)));
+            }
+        }
+        values.extend([
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+            5e-324,
+            1e300,
+        ]);
+        for v in values {
+            for v in [
+                v,
+                -v,
+                f64::from_bits(v.to_bits().wrapping_add(1)),
+                f64::from_bits(v.to_bits().wrapping_sub(1)),
+            ] {
+                let mut out = Vec::new();
+                write_f64(&mut out, v);
+                assert_eq!(String::from_utf8(out).unwrap(), ryu_text(v), "{v:e}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any float (short decimals scaled anywhere, and arbitrary bits): ryu's bytes.
+        #[test]
+        fn floats_are_ryus(
+            n in 0u64..10_000_000_000_000,
+            k in 0i32..8,
+            bits in proptest::prelude::any::<u64>(),
+        ) {
+            for v in [n as f64 / 10f64.powi(k), f64::from_bits(bits)] {
+                let mut out = Vec::new();
+                write_f64(&mut out, v);
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), ryu_text(v));
+            }
+        }
+    }
+
+    #[test]
+    fn fractions_of_every_precision() {
+        for precision in 0..=9u8 {
+            let fmt = LineFormat::new("t", TimeFormat::EpochSeconds, precision, "");
+            for nanos in [
+                0,
+                1,
+                5,
+                123_456_789,
+                999_999_999,
+                100_000_000,
+                1_000_000_007,
+            ] {
+                let mut out = Vec::new();
+                fmt.renderer().fraction(&mut out, nanos);
+                let digits = format!("{:09}", nanos % 1_000_000_000);
+                let want = if precision == 0 {
+                    String::new()
+                } else {
+                    format!(".{}", &digits[..precision as usize])
+                };
+                assert_eq!(String::from_utf8(out).unwrap(), want);
             }
         }
     }
