@@ -145,7 +145,12 @@ where
                 // LISTEN notifications: rin-ship listens to nothing.
                 Ok(_) => {}
                 Err(e) => {
-                    warn!("warehouse connection closed: {e}");
+                    // tokio-postgres says only "db error" for what the server said.
+                    let why = match e.as_db_error() {
+                        Some(db) => format!("{} (SQLSTATE {})", db_reason(db), db.code().code()),
+                        None => e.to_string(),
+                    };
+                    warn!("warehouse connection closed: {why}; the next load opens a new one");
                     return;
                 }
             }
