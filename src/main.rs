@@ -97,6 +97,12 @@ enum Command {
         /// Exit once the queue is empty (after a long poll that found nothing).
         #[arg(long, env = "RIN_BATCH", value_parser = load::rin::flags::parse_rin_bool)]
         batch: bool,
+        /// With --batch: exit only once the queue holds nothing, visible or in flight (messages
+        /// another consumer received and neither deleted nor let go, e.g. one that was
+        /// killed, come back when their visibility timeout ends and are loaded too). Bound it
+        /// with --max-execution-time: a message that fails every time keeps it waiting.
+        #[arg(long, requires = "batch")]
+        drain: bool,
         /// Stop receiving after this long (e.g. 10m), finish the loads in flight, exit.
         #[arg(long, env = "RIN_MAX_EXECUTION_TIME", value_parser = common::units::parse_duration)]
         max_execution_time: Option<std::time::Duration>,
@@ -302,6 +308,7 @@ fn main() -> ExitCode {
         Command::Import {
             config,
             batch,
+            drain,
             max_execution_time,
             dry_run,
             keys,
@@ -318,6 +325,7 @@ fn main() -> ExitCode {
                 load::import::main(load::import::ImportArgs {
                     config,
                     batch,
+                    drain,
                     max_execution_time,
                     dry_run,
                     keys,

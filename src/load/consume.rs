@@ -2,10 +2,10 @@
 //! invisible while they load ([`deliver`]), delete the ones whose every load committed (or
 //! needed none), and leave the rest for redelivery (a message failing again and again is
 //! reported as poison). The same loop serves SQS (`rin-ship import`) and the embedded local
-//! queue (`serve`).
+//! queue (`serve`). How long it runs: [`Until`].
 //!
 //! Must never: delete a message that is kept; stop on a receive error (it backs off and
-//! retries).
+//! retries); call a queue drained while it reports a message visible or in flight.
 
 use super::Loader;
 use super::deliver::load_messages;
@@ -14,15 +14,33 @@ use super::warehouse::Sessions;
 use crate::common::retry::Backoff;
 use crate::common::shutdown::Shutdown;
 use crate::queue::{Message, Queue};
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
-/// Runs `rin_ship.concurrency` pollers on `queue` until `stop` (or, with `batch`, until the
-/// queue is empty). Errors only when a worker failed for good.
-pub async fn consume(loader: Arc<Loader>, queue: Queue, stop: Shutdown, batch: bool) -> Result<()> {
+/// When the workers stop (besides `stop`, which ends every mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Only at `stop` (the daemon, the embedded loader).
+    Stopped,
+    /// When a receive finds nothing (`import --batch`): messages another consumer holds
+    /// invisible (one that was killed holds them until their visibility timeout) are left.
+    Empty,
+    /// When a receive finds nothing and the queue reports no message visible or in flight
+    /// (`import --batch --drain`): what another consumer held is waited for and loaded.
+    Drained,
+}
+
+/// Runs `rin_ship.concurrency` pollers on `queue` until `stop` or what `until` says. Errors
+/// only when a worker failed for good.
+pub async fn consume(
+    loader: Arc<Loader>,
+    queue: Queue,
+    stop: Shutdown,
+    until: Until,
+) -> Result<()> {
     let fatal = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..loader.cfg.ext.concurrency {
@@ -31,7 +49,7 @@ pub async fn consume(loader: Arc<Loader>, queue: Queue, stop: Shutdown, batch: b
         let queue = queue.clone();
         let fatal = fatal.clone();
         workers.push(tokio::spawn(async move {
-            if let Err(e) = worker(w, loader, queue, stop, batch).await {
+            if let Err(e) = worker(w, loader, queue, stop, until).await {
                 error!(worker = w, "importer worker failed: {e:#}");
                 fatal.store(true, Ordering::Relaxed);
             }
@@ -51,11 +69,12 @@ async fn worker(
     loader: Arc<Loader>,
     queue: Queue,
     mut stop: Shutdown,
-    batch: bool,
+    until: Until,
 ) -> Result<()> {
     let cfg = &loader.cfg;
     let mut sessions = Sessions::default();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut told_waiting = false;
     loop {
         if stop.is_triggered() {
             return Ok(());
@@ -81,13 +100,59 @@ async fn worker(
             }
         };
         if msgs.is_empty() {
-            if batch {
-                info!(worker = w, "queue is empty: batch done");
-                return Ok(());
+            match until {
+                Until::Stopped => {}
+                Until::Empty => {
+                    info!(worker = w, "queue is empty: batch done");
+                    return Ok(());
+                }
+                Until::Drained => match in_queue(&queue).await {
+                    Ok(Some((0, 0))) => {
+                        info!(
+                            worker = w,
+                            "queue is drained (nothing visible or in flight): batch done"
+                        );
+                        return Ok(());
+                    }
+                    Ok(Some((visible, inflight))) => {
+                        if !told_waiting {
+                            told_waiting = true;
+                            info!(
+                                worker = w,
+                                visible,
+                                inflight,
+                                "--drain: messages are still in flight (another consumer holds them until it deletes them or their visibility timeout ends): waiting for them"
+                            );
+                        }
+                    }
+                    Ok(None) => bail!(
+                        "--drain needs the queue's depth, and SQS refused GetQueueAttributes: \
+                         grant sqs:GetQueueAttributes (examples/aws/iam-policy-importer.json), \
+                         or run --batch without --drain"
+                    ),
+                    Err(e) => {
+                        let wait = backoff.wait();
+                        warn!(worker = w, "{e:#}; retrying in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                    }
+                },
             }
             continue;
         }
         process(&loader, &queue, &mut sessions, msgs).await;
+    }
+}
+
+/// The messages (visible, in flight) the queue reports, for `--drain`; `None`: SQS would not
+/// say (the role lacks `sqs:GetQueueAttributes`).
+async fn in_queue(queue: &Queue) -> Result<Option<(u64, u64)>> {
+    match queue {
+        #[cfg(feature = "sqs")]
+        Queue::Sqs(q) => q.depth().await,
+        Queue::Local(q) => {
+            let (ready, inflight) = q.depth();
+            Ok(Some((ready as u64, inflight as u64)))
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! A group that fails is handled by what its failure calls for ([`ErrorKind`]):
 //! - transient: retried in-process (backoff 1 s, 2 s), then its messages are kept for
-//!   redelivery;
+//!   redelivery; but when an object could not be read (a cut S3 body), only that object is:
+//!   the others load without it at once, and it is retried alone (1 s, 2 s, 4 s) before its
+//!   message alone is kept;
 //! - data (with `rin_ship.quarantine`): the objects at fault go to quarantine and the rest
 //!   load together;
 //! - otherwise one bad object must not hold its batch-mates back: the group is split into one
@@ -30,6 +32,10 @@ use tracing::{debug, error, info, warn};
 /// In-process retries of a group after a transient error (backoff 1 s, 2 s; the message's
 /// visibility is extended meanwhile), before its messages are left for redelivery.
 const LOAD_RETRIES: u32 = 2;
+
+/// In-process retries of one object whose read failed, alone (backoff 1 s, 2 s, 4 s), before
+/// its message is left for redelivery.
+const READ_RETRIES: u32 = 3;
 
 /// Parses and loads every object the messages name. Returns, per message, whether it must be
 /// kept (not deleted): it could not be parsed, or a load of one of its objects failed.
@@ -221,15 +227,40 @@ fn add(loader: &Loader, batches: &mut Vec<Batch>, d: Destination, item: &Item, m
     }
 }
 
+/// A group waiting for its (next) load, with the owners of its items.
+struct Load {
+    group: Group,
+    owners: Vec<Vec<usize>>,
+    /// For a group of one object whose read failed: the reads tried so far, and the retry
+    /// schedule of the object.
+    reads: Option<Backoff>,
+    /// Not before this instant (the object's read is retried after a pause).
+    not_before: Option<Instant>,
+}
+
 /// Loads one batch's group, handling a failure by its kind (see the module docs).
 async fn deliver(loader: &Loader, sessions: &mut Sessions, batch: Batch, failed: &mut [bool]) {
     let st = &loader.stats;
     let env = loader.env();
-    let mut pending = vec![(batch.group, batch.owners)];
+    let mut pending = vec![Load {
+        group: batch.group,
+        owners: batch.owners,
+        reads: None,
+        not_before: None,
+    }];
     let mut split = false;
     // 1 s, then 2 s, each up to a quarter longer.
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(4)).jitter(1.0, 1.25);
-    while let Some((g, owners)) = pending.pop() {
+    while let Some(load) = pending.pop() {
+        if let Some(at) = load.not_before {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let Load {
+            group: g,
+            owners,
+            reads,
+            ..
+        } = load;
         let target = loader.cfg.target(g.dest.target);
         let started = Instant::now();
         let loaded = sessions.load(&loader.drivers, &env, target, &g).await;
@@ -261,18 +292,66 @@ async fn deliver(loader: &Loader, sessions: &mut Sessions, batch: Batch, failed:
             }
         };
         match f.kind {
+            // An object could not be read (a cut S3 body, a GetObject error): that object is
+            // retried by itself, and the others of the group load without it (under a flaky
+            // store, retrying the whole group would read them all again, and after the last
+            // retry keep all of their messages).
+            ErrorKind::Transient if !f.items.is_empty() => {
+                let dest = g.dest.clone();
+                let (bad, rest) = part(g, owners, &f.items);
+                if let Some(rest) = rest {
+                    pending.push(rest);
+                }
+                for (it, o) in bad {
+                    let mut reads = reads.clone().unwrap_or_else(read_backoff);
+                    if reads.attempts() >= READ_RETRIES {
+                        warn!(object = %it.url(), reads = reads.attempts() + 1, "cannot read the object; its message is left for redelivery");
+                        record(&st.failed_loads, "failed", 1);
+                        for mi in &o {
+                            failed[*mi] = true;
+                        }
+                        continue;
+                    }
+                    st.retried.fetch_add(1, Ordering::Relaxed);
+                    let wait = reads.wait();
+                    warn!(object = %it.url(), retry = reads.attempts(), "cannot read the object: retrying it alone in {wait:?}");
+                    // Pushed under the rest: the rest loads first, without waiting.
+                    pending.insert(
+                        0,
+                        Load {
+                            group: Group {
+                                dest: dest.clone(),
+                                items: vec![it],
+                            },
+                            owners: vec![o],
+                            reads: Some(reads),
+                            not_before: Some(Instant::now() + wait),
+                        },
+                    );
+                }
+            }
             ErrorKind::Transient if retry.attempts() < LOAD_RETRIES => {
                 st.retried.fetch_add(1, Ordering::Relaxed);
                 let wait = retry.wait();
                 warn!(table = %g.dest.qualified(), retry = retry.attempts(), "transient load error: retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
-                pending.push((g, owners));
+                pending.push(Load {
+                    group: g,
+                    owners,
+                    reads,
+                    not_before: None,
+                });
             }
             // Splitting cannot help: the message is delivered again later.
             ErrorKind::Transient => fail_all(failed, &owners),
             ErrorKind::Data if loader.cfg.ext.quarantine && has_culprits(&g, &f) => {
-                if let Some(rest) = set_aside(loader, g, owners, &f, failed).await {
-                    pending.push(rest);
+                if let Some((group, owners)) = set_aside(loader, g, owners, &f, failed).await {
+                    pending.push(Load {
+                        group,
+                        owners,
+                        reads: None,
+                        not_before: None,
+                    });
                 }
             }
             _ if g.items.len() > 1 && !split => {
@@ -280,18 +359,55 @@ async fn deliver(loader: &Loader, sessions: &mut Sessions, batch: Batch, failed:
                 // their order: the keyed insert modes care).
                 split = true;
                 for (it, o) in g.items.into_iter().zip(owners).rev() {
-                    pending.push((
-                        Group {
+                    pending.push(Load {
+                        group: Group {
                             dest: g.dest.clone(),
                             items: vec![it],
                         },
-                        vec![o],
-                    ));
+                        owners: vec![o],
+                        reads: None,
+                        not_before: None,
+                    });
                 }
             }
             _ => fail_all(failed, &owners),
         }
     }
+}
+
+/// The schedule of an object's read retries: 1 s, 2 s, 4 s, each up to a quarter longer.
+fn read_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(4)).jitter(1.0, 1.25)
+}
+
+/// Splits a group into the objects `bad` names (each with its owners) and a load of the
+/// others, in their order (none when every object is named).
+fn part(
+    g: Group,
+    owners: Vec<Vec<usize>>,
+    bad: &[usize],
+) -> (Vec<(Item, Vec<usize>)>, Option<Load>) {
+    let mut named = Vec::new();
+    let mut rest = Group {
+        dest: g.dest,
+        items: Vec::new(),
+    };
+    let mut rest_owners = Vec::new();
+    for (ii, (it, o)) in g.items.into_iter().zip(owners).enumerate() {
+        if bad.contains(&ii) {
+            named.push((it, o));
+        } else {
+            rest.items.push(it);
+            rest_owners.push(o);
+        }
+    }
+    let rest = (!rest.items.is_empty()).then_some(Load {
+        group: rest,
+        owners: rest_owners,
+        reads: None,
+        not_before: None,
+    });
+    (named, rest)
 }
 
 fn count_results(st: &Stats, results: &[ItemResult]) {

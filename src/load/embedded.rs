@@ -15,7 +15,7 @@
 //! next start.
 
 use super::Loader;
-use super::consume::consume;
+use super::consume::{Until, consume};
 use super::ledger::{Dialect, Ledger};
 use super::rin::RinConfig;
 use crate::common::shutdown::{self, Trigger};
@@ -109,7 +109,7 @@ pub async fn start(setup: &Setup, queue: LocalQueue) -> Result<Embedded> {
         loader.clone(),
         Queue::Local(queue.clone()),
         stopping,
-        false,
+        Until::Stopped,
     ));
     Ok(Embedded {
         loader,

@@ -1,5 +1,6 @@
-//! `rin-ship import`: the loader as a daemon (or, with `--batch`, until the queue is empty)
-//! over an SQS queue of S3 events, as Rin runs. Also `--dry-run [KEY...]` (or
+//! `rin-ship import`: the loader as a daemon (or, with `--batch`, until a receive finds the
+//! queue empty; with `--batch --drain`, until nothing is visible or in flight) over an SQS
+//! queue of S3 events, as Rin runs. Also `--dry-run [KEY...]` (or
 //! `RIN_DRY_RUN=true`): the targets, and where each key would load with the statements that
 //! would run ([`super::dry_run`]), contacting nothing.
 //!
@@ -8,7 +9,7 @@
 //! `--max-execution-time`).
 
 use super::Loader;
-use super::consume::consume;
+use super::consume::{Until, consume};
 use super::rin::RinConfig;
 use crate::common::shutdown;
 use crate::queue::{Queue, sqs};
@@ -23,6 +24,8 @@ pub struct ImportArgs {
     /// A local path, an `http(s)://` URL or `s3://bucket/key` (as Rin's `-config`).
     pub config: String,
     pub batch: bool,
+    /// With `batch`: exit only once nothing is visible or in flight ([`Until::Drained`]).
+    pub drain: bool,
     pub max_execution_time: Option<Duration>,
     /// Load nothing: list the targets, and show the loads of `keys`.
     pub dry_run: bool,
@@ -86,7 +89,12 @@ async fn run(cfg: Arc<RinConfig>, args: ImportArgs) -> Result<()> {
         cfg.clone(),
         stopping.clone(),
     ));
-    let result = consume(loader.clone(), queue, stopping, args.batch).await;
+    let until = match (args.batch, args.drain) {
+        (false, _) => Until::Stopped,
+        (true, false) => Until::Empty,
+        (true, true) => Until::Drained,
+    };
+    let result = consume(loader.clone(), queue, stopping, until).await;
     stop.trigger(); // with --batch nothing else stops maintenance
     let _ = maintenance.await;
     println!("{}", loader.stats.json());

@@ -9,8 +9,9 @@
 use super::Env;
 use crate::load::ledger::{Dialect, Group, Item, ItemResult, Ledger, LoadFailure, Pending};
 use crate::load::rin::{Redshift, SslMode};
+use futures::StreamExt;
 use tokio_postgres::{Client, NoTls, Transaction};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// One wire-protocol connection with its ledger: what the PostgreSQL and Redshift sessions
 /// are made of.
@@ -130,8 +131,29 @@ where
         .await
         .map_err(|e| pg_failure(&e, false, &format!("cannot connect to {what}")))?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            warn!("warehouse connection closed: {e}");
+        // Driven message by message rather than awaited: awaited, tokio-postgres logs each
+        // server notice at INFO, and `CREATE ... IF NOT EXISTS` sends one on every load
+        // ("relation rin_ship_stage already exists, skipping"). They say nothing an operator
+        // acts on: debug.
+        let mut conn = conn;
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
+                    debug!(severity = n.severity(), "warehouse notice: {}", n.message())
+                }
+                // LISTEN notifications: rin-ship listens to nothing.
+                Ok(_) => {}
+                Err(e) => {
+                    // tokio-postgres says only "db error" for what the server said.
+                    let why = match e.as_db_error() {
+                        Some(db) => format!("{} (SQLSTATE {})", db_reason(db), db.code().code()),
+                        None => e.to_string(),
+                    };
+                    warn!("warehouse connection closed: {why}; the next load opens a new one");
+                    return;
+                }
+            }
         }
     });
     Ok(client)
@@ -279,17 +301,30 @@ impl<'c> LedgerTx<'c> {
 
     /// COMMIT; the results in group order.
     pub async fn commit(self) -> Result<Vec<ItemResult>, LoadFailure> {
-        if std::env::var("RIN_SHIP_FAILPOINT").as_deref() == Ok("pause_before_commit") {
+        if let Some(pause) = pause_before_commit() {
             // Test hook: a load in flight, its lock held, its rows not committed; a test
-            // checks what other loads do meanwhile, then kills the process.
-            warn!(target = %self.target, "failpoint pause_before_commit: holding the load open");
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            // checks what other loads do meanwhile, then kills the process, or (with a pause
+            // in seconds) drops the connection or restarts the server before the COMMIT.
+            warn!(target = %self.target, "failpoint pause_before_commit: holding the load open for {pause:?}");
+            tokio::time::sleep(pause).await;
         }
         self.tx
             .commit()
             .await
             .map_err(|e| pg_failure(&e, false, "COMMIT"))?;
         Ok(self.pending.finish())
+    }
+}
+
+/// The test hook `RIN_SHIP_FAILPOINT=pause_before_commit` (an hour) or
+/// `pause_before_commit=SECONDS`.
+fn pause_before_commit() -> Option<std::time::Duration> {
+    let v = std::env::var("RIN_SHIP_FAILPOINT").ok()?;
+    let rest = v.strip_prefix("pause_before_commit")?;
+    match rest.strip_prefix('=') {
+        Some(secs) => secs.parse().ok().map(std::time::Duration::from_secs),
+        None if rest.is_empty() => Some(std::time::Duration::from_secs(3600)),
+        None => None,
     }
 }
 
