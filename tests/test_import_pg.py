@@ -121,7 +121,12 @@ def test_two_importers_race(moto_server, bucket, pgdb, tmp_path):
     s1 = json.loads(out1.strip().splitlines()[-1])
     s2 = json.loads(out2.strip().splitlines()[-1])
     assert s1["loaded_objects"] + s2["loaded_objects"] == n_obj, (s1, s2)
-    assert s1["duplicates"] + s2["duplicates"] == 2 * n_obj, (s1, s2)
+    # Every notification three times: two of each are duplicates at least. More when a message
+    # came back after its visibility timeout (3 s) ran out on a busy machine (SQS delivers at
+    # least once): seen once in CI, 25 duplicates and 37 deletes for 36 messages. Exactly once is
+    # the table's count and the loaded objects, not this one.
+    assert s1["duplicates"] + s2["duplicates"] >= 2 * n_obj, (s1, s2)
+    assert s1["deleted"] + s2["deleted"] >= 3 * n_obj, (s1, s2)
     assert pgdb.count("logs") == n_obj * per
     assert pgdb.sql("SELECT count(DISTINCT i) FROM logs") == [[str(n_obj * per)]]
     assert queue_depth(moto_server, url) == 0
