@@ -296,7 +296,7 @@ async fn deliver(loader: &Loader, sessions: &mut Sessions, batch: Batch, failed:
             // retried by itself, and the others of the group load without it (under a flaky
             // store, retrying the whole group would read them all again, and after the last
             // retry keep all of their messages).
-            ErrorKind::Transient if !f.items.is_empty() => {
+            ErrorKind::Transient if f.unreadable && !f.items.is_empty() => {
                 let dest = g.dest.clone();
                 let (bad, rest) = part(g, owners, &f.items);
                 if let Some(rest) = rest {

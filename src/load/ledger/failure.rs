@@ -148,6 +148,10 @@ pub struct LoadFailure {
     pub details: Vec<ErrorDetail>,
     /// PostgreSQL: the objects to stage again, in this order, to find the bad row.
     pub restage: Vec<usize>,
+    /// The object's bytes could not be read (the store, not the warehouse): the object alone
+    /// is retried. A warehouse error while its rows streamed (a lock timeout in the COPY) is
+    /// attributed to the object too, but is not this.
+    pub unreadable: bool,
 }
 
 impl std::fmt::Display for LoadFailure {
@@ -178,6 +182,7 @@ impl LoadFailure {
             items: Vec::new(),
             details: Vec::new(),
             restage: Vec::new(),
+            unreadable: false,
         }
     }
 
@@ -244,7 +249,13 @@ impl LoadFailure {
 
     /// Reading object `url` failed (S3, the disk): transient.
     pub fn read(url: &str, e: impl std::fmt::Display) -> LoadFailure {
-        LoadFailure::new(ErrorKind::Transient, format!("reading {url}: {e}"))
+        LoadFailure::new(ErrorKind::Transient, format!("reading {url}: {e}")).unreadable()
+    }
+
+    /// The failure, as the store's: the object's bytes could not be read.
+    pub fn unreadable(mut self) -> LoadFailure {
+        self.unreadable = true;
+        self
     }
 
     /// The failure, as object `i`'s.

@@ -199,6 +199,7 @@ pub async fn open_object(
             crate::load::ledger::ErrorKind::Transient,
             format!("{e:#}"),
         )
+        .unreadable()
         .of_item(i)),
     }
 }

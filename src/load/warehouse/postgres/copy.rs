@@ -85,9 +85,10 @@ impl<'a> CopyRows<'a> {
         let mut line_no = 0u64;
         let mut buf = vec![0u8; 256 << 10];
         loop {
-            let n = body.read(&mut buf).await.map_err(|e| {
-                LoadFailure::new(ErrorKind::Transient, format!("reading {url}: {e}"))
-            })?;
+            let n = body
+                .read(&mut buf)
+                .await
+                .map_err(|e| LoadFailure::read(url, e))?;
             let decoded = if n == 0 {
                 std::mem::take(&mut decoder)
                     .finish()

@@ -60,9 +60,7 @@ pub async fn stage(
     let url = it.url();
     let failure = match stream_lines(tx, body, &url).await {
         Ok(n) => return Ok(n),
-        Err(StageError::Read(e)) => {
-            LoadFailure::new(ErrorKind::Transient, format!("reading {url}: {e}"))
-        }
+        Err(StageError::Read(e)) => LoadFailure::read(&url, e),
         Err(StageError::Corrupt(reason)) => LoadFailure::corrupt(&url, None, reason),
         Err(StageError::Db(pe)) => {
             let mut f = pg_failure(&pe, true, &format!("staging {url}"));
