@@ -22,6 +22,8 @@ use tracing::{error, info, warn};
 
 /// When the workers stop (besides `stop`, which ends every mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// A build without SQS has no `import`: only the embedded loader, which stops at `stop`.
+#[cfg_attr(not(all(feature = "s3", feature = "sqs")), allow(dead_code))]
 pub enum Until {
     /// Only at `stop` (the daemon, the embedded loader).
     Stopped,
