@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadlib import (Importer, make_queue, pg_server, pgdb, rin_config,  # noqa: F401
                      wait_for)
 from rinlib import Fwd, T0, free_port, port_open, rin_ship_bin
-from test_embedded import Bare, connect_ro, lean_bin, query, table_rows, wait_rows
+from test_embedded import (Bare, bare, connect_ro, lean_bin, query,  # noqa: F401 (bare: fixture)
+                           table_rows, wait_rows)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,20 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # --version and rin_build_info list them.
 BUILT_FEATURES = ",".join(sorted(
     set(os.environ.get("RIN_SHIP_FEATURES", "redshift,lambda,isal").split(",")) | {"s3", "sqs"}))
-
-
-@pytest.fixture
-def bare(tmp_path):
-    made = []
-
-    def make(**kw) -> Bare:
-        b = Bare(tmp_path / f"bare{len(made)}", **kw)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.kill()
 
 
 def scrape(port: int) -> dict:
