@@ -1,31 +1,8 @@
-//! rin-ship: a log-shipping sidecar and warehouse loader.
-//!
-//! The pipeline, one module per stage:
-//! - [`intake`]: protocol servers (Fluent forward) that accept events and ack them once durable;
-//! - [`buffer`]: events written once, on disk, as the final gzip NDJSON object bytes;
-//! - [`ship`]: sealed chunks uploaded under deterministic keys to a folder or S3.
-//!
-//! - [`store`] and [`queue`]: the objects and the notifications between shipping and loading;
-//! - [`load`]: the warehouse loader (`rin-ship import`, and `serve`'s embedded loader);
-//! - [`ops`]: commands on top (`backfill`, `maintain`, `query`, `top`, `health`).
-//!
-//! Around them: [`config`] (serve's YAML), [`common`] (units, secrets, shutdown, retry, AWS),
-//! [`telemetry`] (logs, metrics), [`pipeline`] (serve's wiring and shutdown). The hot path
-//! (`intake::msgpack`, `intake::transcode`) and routing (`intake::route`) live with the intake.
-
-mod buffer;
-mod common;
-mod config;
-mod intake;
-mod load;
-mod ops;
-mod pipeline;
-mod queue;
-mod ship;
-mod store;
-mod telemetry;
+//! The `rin-ship` command line: parses the arguments and runs one command of the library
+//! ([`rin_ship`]), whose modules hold the pipeline.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use rin_ship::{common, config, load, ops, pipeline, telemetry};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
