@@ -412,7 +412,7 @@ pub const EMBEDDED_SEAL_AGE: Duration = Duration::from_secs(5);
 /// Expands `${VAR}` and `${VAR:-default}` in every string value; `$${` is a literal `${`.
 /// A missing variable is an error naming the field and the variable, never its neighbours'
 /// values (they may be secrets).
-fn expand_env(value: &mut serde_norway::Value, path: &mut String) -> Result<()> {
+pub fn expand_env(value: &mut serde_norway::Value, path: &mut String) -> Result<()> {
     use serde_norway::Value;
     match value {
         Value::String(s) if s.contains('$') => {

@@ -23,4 +23,5 @@ pub mod pipeline;
 pub mod queue;
 pub mod ship;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

@@ -2,7 +2,7 @@
 //! ([`rin_ship`]), whose modules hold the pipeline.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use rin_ship::{common, config, load, ops, pipeline, telemetry};
+use rin_ship::{common, config, load, ops, pipeline, sync, telemetry};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -120,6 +120,21 @@ enum Command {
               value_parser = ops::backfill::parse_batch_objects)]
         batch_objects: usize,
         /// List the objects that would load and their targets; load nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Copy tables from MySQL/Aurora/MariaDB or PostgreSQL into the warehouse, incrementally
+    /// (a watermark column), through the same objects and ledger as logs (docs/sync.md). Runs
+    /// a pass every `every:` until SIGTERM; --once runs one and prints a JSON summary.
+    Sync {
+        /// sync.yaml: source, warehouse, store, tables.
+        #[arg(long, short, env = "RIN_SHIP_SYNC_CONFIG")]
+        config: PathBuf,
+        /// One pass of every table, a JSON summary line, exit status 1 if a table failed.
+        #[arg(long)]
+        once: bool,
+        /// Print each table's schema, the DDL of missing targets and what the next pass reads;
+        /// write nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -331,6 +346,15 @@ fn main() -> ExitCode {
             once,
         } => ops::top::main(&addr, interval, once),
         Command::Health { addr, ready } => ops::top::health(&addr, ready),
+        Command::Sync {
+            config,
+            once,
+            dry_run,
+        } => sync::main(sync::SyncArgs {
+            config,
+            once,
+            dry_run,
+        }),
         Command::Maintain {
             config,
             once,

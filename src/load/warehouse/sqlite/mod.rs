@@ -8,6 +8,11 @@
 //! already in the ledger is skipped. The database runs in WAL mode with `synchronous=FULL`, so
 //! a commit is on disk before the queue message is deleted.
 //!
+//! The insert modes ([`Landing`]): `OVERWRITE_EXISTING` deletes the table's rows with the
+//! row's key before inserting it (the last row of a key in a group wins), `KEEP_EXISTING`
+//! skips a row whose key is already there, `TRUNCATE` empties the table once per group, in the
+//! group's transaction (`rin-ship sync` loads its passes this way).
+//!
 //! Tables are created on first use and gain a column (`ALTER TABLE ADD COLUMN`, no declared
 //! type: values keep their JSON type, see [`record`]) for each new top-level key. SQLite
 //! column names are case-insensitive: keys differing only in ASCII case share a column.
@@ -26,10 +31,11 @@ use super::{Driver, Env, Warehouse};
 use crate::load::ledger::{
     Dialect, ErrorKind, Group, Item, ItemResult, Ledger, LoadFailure, Pending,
 };
-use crate::load::rin::{Destination, Redshift, RinConfig, quote_ident};
+use crate::load::rin::{Destination, InsertMode, Redshift, RinConfig, quote_ident};
 use crate::store::{Fetched, Objects};
 use async_trait::async_trait;
 use record::Record;
+use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::collections::HashSet;
 use std::path::Path;
@@ -97,8 +103,20 @@ struct Session {
 #[async_trait]
 impl Warehouse for Session {
     async fn load(&mut self, env: &Env<'_>, group: &Group) -> Result<Vec<ItemResult>, LoadFailure> {
-        load_group(&self.db, &self.ledger, env.objects, group).await
+        let t = env.cfg.target(group.dest.target);
+        let landing = Landing {
+            mode: t.insert_mode,
+            keys: t.key_columns.clone(),
+        };
+        load_group(&self.db, &self.ledger, env.objects, group, &landing).await
     }
+}
+
+/// How a group's rows land in its table: the target's insert mode, on its key columns.
+#[derive(Debug, Clone, Default)]
+pub struct Landing {
+    pub mode: InsertMode,
+    pub keys: Vec<String>,
 }
 
 /// What SQLite's result code means in SQLSTATE terms, so [`crate::load::ledger::failure`]'s
@@ -182,6 +200,7 @@ pub async fn load_group(
     ledger: &Ledger,
     objects: &Objects,
     g: &Group,
+    landing: &Landing,
 ) -> Result<Vec<ItemResult>, LoadFailure> {
     let table = g.dest.table.clone();
     if table.eq_ignore_ascii_case(ledger.table())
@@ -199,9 +218,10 @@ pub async fn load_group(
     let reads = read_objects(objects, g, known).await?;
     let (db, ledger, items) = (db.clone(), ledger.clone(), g.items.clone());
     let target = g.dest.qualified();
+    let landing = landing.clone();
     tokio::task::spawn_blocking(move || {
         let mut c = db.lock().unwrap();
-        load_tx(&mut c, &ledger, &table, &target, &items, reads)
+        load_tx(&mut c, &ledger, &table, &target, &items, reads, &landing)
     })
     .await
     .map_err(|e| LoadFailure::from(anyhow::Error::new(e)))?
@@ -271,6 +291,7 @@ fn load_tx(
     target: &str,
     items: &[Item],
     reads: Vec<Read>,
+    landing: &Landing,
 ) -> Result<Vec<ItemResult>, LoadFailure> {
     let batch_id = crate::load::ledger::batch_id();
     let tx = c
@@ -303,7 +324,17 @@ fn load_tx(
             }
             Read::Lines(b) => b,
         };
-        let rows = insert_lines(&tx, table, &lines, &it.url()).map_err(|f| f.of_item(i))?;
+        if landing.mode == InsertMode::Truncate && loaded == 0 {
+            let exists = columns(&tx, table)
+                .map_err(|e| sqlite_failure(&e, false, "reading the table's columns"))?
+                .is_some();
+            if exists {
+                tx.execute(&format!("DELETE FROM {}", quote_ident(table)), [])
+                    .map_err(|e| sqlite_failure(&e, false, "TRUNCATE (DELETE FROM)"))?;
+            }
+        }
+        let rows =
+            insert_lines(&tx, table, &lines, &it.url(), landing).map_err(|f| f.of_item(i))?;
         tx.execute(
             &insert,
             rusqlite::params![
@@ -359,7 +390,21 @@ fn columns(c: &Connection, table: &str) -> rusqlite::Result<Option<HashSet<Strin
 }
 
 /// Inserts every NDJSON line of an object (`url`); returns the rows inserted.
-fn insert_lines(c: &Connection, table: &str, lines: &[u8], url: &str) -> Result<u64, LoadFailure> {
+fn insert_lines(
+    c: &Connection,
+    table: &str,
+    lines: &[u8],
+    url: &str,
+    landing: &Landing,
+) -> Result<u64, LoadFailure> {
+    let keyed = landing.mode.keyed() && !landing.keys.is_empty();
+    let key_match: Vec<String> = landing
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} IS ?{}", quote_ident(k), i + 1))
+        .collect();
+    let key_match = key_match.join(" AND ");
     let t = quote_ident(table);
     let structure = |e: rusqlite::Error, what: String| sqlite_failure(&e, false, &what);
     let mut cols =
@@ -406,6 +451,42 @@ fn insert_lines(c: &Connection, table: &str, lines: &[u8], url: &str) -> Result<
                             .map_err(|e| structure(e, alter.clone()))?;
                     }
                 }
+            }
+        }
+        if keyed {
+            let key: Vec<&Sql> = landing
+                .keys
+                .iter()
+                .map(|k| {
+                    fields
+                        .iter()
+                        .find(|(f, _)| f.eq_ignore_ascii_case(k))
+                        .map(|(_, v)| v)
+                        .ok_or_else(|| {
+                            LoadFailure::corrupt(
+                                url,
+                                Some(n as u64 + 1),
+                                format!(
+                                    "the record has no key column {k} ({})",
+                                    landing.mode.name()
+                                ),
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+            let sql = if landing.mode == InsertMode::OverwriteExisting {
+                format!("DELETE FROM {t} WHERE {key_match}")
+            } else {
+                format!("SELECT 1 FROM {t} WHERE {key_match} LIMIT 1")
+            };
+            let mut s = c
+                .prepare_cached(&sql)
+                .map_err(|e| structure(e, sql.clone()))?;
+            let params = rusqlite::params_from_iter(key);
+            if landing.mode == InsertMode::OverwriteExisting {
+                s.execute(params).map_err(|e| structure(e, sql.clone()))?;
+            } else if s.exists(params).map_err(|e| structure(e, sql.clone()))? {
+                continue;
             }
         }
         let names: Vec<String> = fields.iter().map(|(k, _)| quote_ident(k)).collect();
@@ -520,6 +601,15 @@ mod tests {
             table: &str,
             items: Vec<Item>,
         ) -> Result<Vec<ItemResult>, LoadFailure> {
+            self.load_as(table, items, &Landing::default()).await
+        }
+
+        async fn load_as(
+            &self,
+            table: &str,
+            items: Vec<Item>,
+            landing: &Landing,
+        ) -> Result<Vec<ItemResult>, LoadFailure> {
             let g = Group {
                 dest: Destination {
                     target: 0,
@@ -528,7 +618,7 @@ mod tests {
                 },
                 items,
             };
-            load_group(&self.db, &test_ledger(), &self.source, &g).await
+            load_group(&self.db, &test_ledger(), &self.source, &g, landing).await
         }
 
         fn query(&self, sql: &str) -> Vec<Vec<Sql>> {
@@ -544,6 +634,58 @@ mod tests {
 
     fn t(s: &str) -> Sql {
         Sql::Text(s.into())
+    }
+
+    #[tokio::test]
+    async fn insert_modes_on_the_key() {
+        let f = fixture();
+        let keyed = |mode| Landing {
+            mode,
+            keys: vec!["id".into()],
+        };
+        let a = f.put(
+            "t/a.json.gz",
+            &[r#"{"id":1,"v":"a"}"#, r#"{"id":2,"v":"a"}"#],
+        );
+        let over = keyed(InsertMode::OverwriteExisting);
+        f.load_as("t", vec![a], &over).await.unwrap();
+        // The last row of a key in a group wins; other keys stay.
+        let b = f.put(
+            "t/b.json.gz",
+            &[r#"{"id":1,"v":"b"}"#, r#"{"id":1,"v":"c"}"#],
+        );
+        f.load_as("t", vec![b], &over).await.unwrap();
+        let rows = f.query("SELECT id, v FROM t ORDER BY id");
+        assert_eq!(
+            rows,
+            [vec![Sql::Integer(1), t("c")], vec![Sql::Integer(2), t("a")]]
+        );
+        let c = f.put(
+            "t/c.json.gz",
+            &[r#"{"id":2,"v":"kept?"}"#, r#"{"id":3,"v":"new"}"#],
+        );
+        f.load_as("t", vec![c], &keyed(InsertMode::KeepExisting))
+            .await
+            .unwrap();
+        let rows = f.query("SELECT id, v FROM t ORDER BY id");
+        assert_eq!(rows[1], vec![Sql::Integer(2), t("a")]);
+        assert_eq!(rows[2], vec![Sql::Integer(3), t("new")]);
+        // TRUNCATE: the group's rows replace the table, once per group.
+        let d = f.put("t/d.json.gz", &[r#"{"id":9,"v":"x"}"#]);
+        let e = f.put("t/e.json.gz", &[r#"{"id":10,"v":"y"}"#]);
+        let trunc = Landing {
+            mode: InsertMode::Truncate,
+            keys: vec![],
+        };
+        f.load_as("t", vec![d, e], &trunc).await.unwrap();
+        assert_eq!(
+            f.query("SELECT id FROM t ORDER BY id"),
+            [[Sql::Integer(9)], [Sql::Integer(10)]]
+        );
+        // A keyed mode and a row without the key: a data error of that object.
+        let g = f.put("t/g.json.gz", &[r#"{"v":"no id"}"#]);
+        let err = f.load_as("t", vec![g], &over).await.unwrap_err();
+        assert!(err.to_string().contains("no key column id"), "{err}");
     }
 
     #[tokio::test]
