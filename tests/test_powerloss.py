@@ -170,6 +170,16 @@ class Load:
         return out
 
 
+def wait_running(r, timeout: float = 30.0):
+    """Until serve logs that it runs: its SIGTERM handler is installed after the listeners
+    open, and a SIGTERM before it kills serve without the shutdown that ships and loads."""
+    deadline = time.monotonic() + timeout
+    while "rin-ship is running" not in r.stderr_text():
+        assert time.monotonic() < deadline, f"serve is not running:\n{r.stderr_tail()}"
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
 def warehouse_ids(db: Path) -> list[str]:
     c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -236,6 +246,7 @@ def test_power_cuts_lose_no_acked_event(rin, shim, tmp_path):
         problem = None
         try:
             r.start()
+            wait_running(r)
             r.terminate(timeout=120)
             in_objects = collections.Counter(object_ids(r))
             in_rows = collections.Counter(warehouse_ids(r.data_dir / "warehouse.db"))
