@@ -629,6 +629,47 @@ mod tests {
         }
     }
 
+    /// A commit record that reached the journal but not its fsync (the fsync failed) is taken
+    /// back by `abandon`, so the chunk recovers at the commit before it: the refused batch is
+    /// not shipped, and its client's resend is the only copy.
+    #[test]
+    fn abandon_takes_back_a_commit_that_was_not_synced() {
+        for codec in compressors() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = OpenChunk::create(dir.path(), 4, "app", codec, true).unwrap();
+            c.append(b"{\"acked\":1}\n", 1, t(), Some(b"id-acked".to_vec()))
+                .unwrap();
+            c.commit().unwrap();
+            // What a commit whose journal fdatasync failed leaves: its bytes and its record
+            // written, `journal_synced` not moved.
+            c.append(b"{\"refused\":1}\n", 1, t(), Some(b"id-refused".to_vec()))
+                .unwrap();
+            c.encoder.flush(&mut c.out).unwrap();
+            c.data.write_all(&c.out).unwrap();
+            c.written += c.out.len() as u64;
+            c.journal_len += write_record(
+                &mut c.journal,
+                &Record::Commit {
+                    offset: c.written,
+                    bytes: c.bytes,
+                    events: c.events,
+                    crc: c.encoder.crc(),
+                    first_secs: 0,
+                    first_nanos: 0,
+                    ids: vec!["aWQtcmVmdXNlZA==".into()],
+                },
+            )
+            .unwrap();
+            c.abandon().unwrap();
+            drop(c);
+            let r = recover(dir.path(), 4).unwrap();
+            let sealed = r.chunk.unwrap();
+            assert_eq!(sealed.events, 1, "{codec:?}");
+            assert_eq!(decode(&sealed.data_path), b"{\"acked\":1}\n");
+            assert_eq!(r.ids, vec![b"id-acked".to_vec()]);
+        }
+    }
+
     #[test]
     fn chunk_without_commits_is_removed() {
         for codec in compressors() {
