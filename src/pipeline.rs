@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub async fn serve(config: Config) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
+    crate::common::durable::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let _lock = lock_dir(&config.data_dir)?;
     let node = node_id(&config)?;
@@ -292,6 +292,8 @@ fn node_id(config: &Config) -> Result<String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{id}\n"))?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    // Durable before any key uses it: a node id lost in a power cut would ship a chunk
+    // uploaded before the cut again under another key, and load it twice.
+    crate::common::durable::rename(&tmp, &path)?;
     Ok(id)
 }

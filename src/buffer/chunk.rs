@@ -149,6 +149,10 @@ pub struct OpenChunk {
     pub first_time: Option<EventTime>,
     pub opened_at: Instant,
     ids: Vec<Vec<u8>>,
+    /// Bytes written to the journal, and how many of them its last successful fsync covered:
+    /// after a failed fsync the records past that point are taken back ([`Self::abandon`]).
+    journal_len: u64,
+    journal_synced: u64,
     /// Appended since the last commit.
     dirty: bool,
     committed_bytes: u64,
@@ -174,7 +178,7 @@ impl OpenChunk {
             .create_new(true)
             .append(true)
             .open(journal_path(dir, seq))?;
-        write_record(
+        let journal_len = write_record(
             &mut journal,
             &Record::Open {
                 seq,
@@ -200,6 +204,8 @@ impl OpenChunk {
             first_time: None,
             opened_at: Instant::now(),
             ids: Vec::new(),
+            journal_len,
+            journal_synced: journal_len,
             dirty: false,
             committed_bytes: 0,
         })
@@ -245,7 +251,7 @@ impl OpenChunk {
         }
         let first = self.first_time.unwrap_or(EventTime { secs: 0, nanos: 0 });
         let engine = &base64::engine::general_purpose::STANDARD;
-        write_record(
+        self.journal_len += write_record(
             &mut self.journal,
             &Record::Commit {
                 offset: self.written,
@@ -260,6 +266,7 @@ impl OpenChunk {
         if self.fsync {
             self.journal.sync_data()?;
         }
+        self.journal_synced = self.journal_len;
         self.dirty = false;
         self.committed_bytes = self.written;
         Ok(())
@@ -278,15 +285,30 @@ impl OpenChunk {
         drop(self.journal);
         recover(&self.dir, self.seq).map(|r| r.chunk)
     }
+
+    /// After a failed write or fsync: takes the journal back to what its last successful fsync
+    /// covered, and fsyncs that. After a failed fsync the page cache may hold a commit record
+    /// the disk does not (Linux marks the failed pages clean), and recovery, which reads
+    /// through the page cache, would seal the chunk at that commit: events nobody acked, which
+    /// their client resends, stored twice. Once this returns `Ok`, [`recover`] seals the chunk
+    /// at its last acked commit. On `Err` the chunk must be left alone until the next start.
+    pub fn abandon(&mut self) -> io::Result<()> {
+        self.journal.set_len(self.journal_synced)?;
+        self.journal.sync_data()?;
+        self.journal_len = self.journal_synced;
+        Ok(())
+    }
 }
 
-fn write_record(file: &mut File, record: &Record) -> io::Result<()> {
+/// Appends one framed record; returns the bytes written.
+fn write_record(file: &mut File, record: &Record) -> io::Result<u64> {
     let payload = serde_json::to_vec(record)?;
     let mut framed = Vec::with_capacity(payload.len() + 8);
     framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     framed.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     framed.extend_from_slice(&payload);
-    file.write_all(&framed)
+    file.write_all(&framed)?;
+    Ok(framed.len() as u64)
 }
 
 /// Reads journal records up to the first torn or corrupt one (a crash mid-append).
@@ -604,6 +626,47 @@ mod tests {
             assert_eq!(sealed.events, 2000);
             assert!(text.ends_with("\n") && text.contains("\"seq\":1999,"));
             assert!(!text.contains("\"seq\":2000"));
+        }
+    }
+
+    /// A commit record that reached the journal but not its fsync (the fsync failed) is taken
+    /// back by `abandon`, so the chunk recovers at the commit before it: the refused batch is
+    /// not shipped, and its client's resend is the only copy.
+    #[test]
+    fn abandon_takes_back_a_commit_that_was_not_synced() {
+        for codec in compressors() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = OpenChunk::create(dir.path(), 4, "app", codec, true).unwrap();
+            c.append(b"{\"acked\":1}\n", 1, t(), Some(b"id-acked".to_vec()))
+                .unwrap();
+            c.commit().unwrap();
+            // What a commit whose journal fdatasync failed leaves: its bytes and its record
+            // written, `journal_synced` not moved.
+            c.append(b"{\"refused\":1}\n", 1, t(), Some(b"id-refused".to_vec()))
+                .unwrap();
+            c.encoder.flush(&mut c.out).unwrap();
+            c.data.write_all(&c.out).unwrap();
+            c.written += c.out.len() as u64;
+            c.journal_len += write_record(
+                &mut c.journal,
+                &Record::Commit {
+                    offset: c.written,
+                    bytes: c.bytes,
+                    events: c.events,
+                    crc: c.encoder.crc(),
+                    first_secs: 0,
+                    first_nanos: 0,
+                    ids: vec!["aWQtcmVmdXNlZA==".into()],
+                },
+            )
+            .unwrap();
+            c.abandon().unwrap();
+            drop(c);
+            let r = recover(dir.path(), 4).unwrap();
+            let sealed = r.chunk.unwrap();
+            assert_eq!(sealed.events, 1, "{codec:?}");
+            assert_eq!(decode(&sealed.data_path), b"{\"acked\":1}\n");
+            assert_eq!(r.ids, vec![b"id-acked".to_vec()]);
         }
     }
 

@@ -159,14 +159,14 @@ impl Buffer {
         sealed: mpsc::UnboundedSender<Sealed>,
     ) -> anyhow::Result<Buffer> {
         let root = &config.dir;
-        std::fs::create_dir_all(root)?;
+        crate::common::durable::create_dir_all(root)?;
         let usage = Arc::new(Usage::new(config.quota.0));
         let dedupe = Arc::new(Dedupe::new(config.dedupe_window.0));
         let dirs: Vec<PathBuf> = targets.iter().map(|t| root.join(&t.name)).collect();
         let backlog = Arc::new(Backlog::new(dirs.clone()));
         let mut max_seq = 0u64;
         for (index, dir) in dirs.iter().enumerate() {
-            std::fs::create_dir_all(dir)?;
+            crate::common::durable::create_dir_all(dir)?;
             max_seq = max_seq.max(recover_dir(dir, &usage, &dedupe, |chunk| {
                 // Waiting since its last write at the latest.
                 let since = std::fs::metadata(&chunk.journal_path)

@@ -37,7 +37,8 @@ impl SeqAllocator {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, format!("{}\n", seq + 1))?;
         std::fs::File::open(&tmp)?.sync_data()?;
-        std::fs::rename(&tmp, &self.path)?;
+        // With the folder fsynced: a cut cannot bring back an older number.
+        crate::common::durable::rename(&tmp, &self.path)?;
         *next = seq + 1;
         self.backlog.opened(seq, std::time::SystemTime::now());
         Ok(seq)

@@ -258,11 +258,21 @@ impl ShardWriter {
     /// Seals `key`'s chunk and queues it for shipping. A chunk that cannot be sealed is added
     /// to `failed` (its batches in the group are not acked); it stays on disk for recovery.
     fn seal(&mut self, key: &Arc<str>, failed: &mut Vec<u64>) {
-        let Some((chunk, accounted)) = self.open.remove(key) else {
+        let Some((mut chunk, accounted)) = self.open.remove(key) else {
             return;
         };
         let seq = chunk.seq;
         metrics::gauge!("rin_buffer_chunks", "state" => "open").decrement(1.0);
+        if let Err(e) = chunk.commit() {
+            error!(
+                chunk = seq,
+                "commit failed, nothing in it since the last commit is acked: {e}"
+            );
+            metrics::counter!("rin_buffer_commit_errors_total").increment(1);
+            failed.push(seq);
+            self.give_up(chunk, accounted);
+            return;
+        }
         match chunk.seal() {
             Ok(Some(sealed)) => {
                 self.usage.add(sealed.disk_bytes());
@@ -288,9 +298,32 @@ impl ShardWriter {
         let Some((chunk, accounted)) = self.open.remove(key) else {
             return;
         };
-        let seq = chunk.seq;
-        drop(chunk);
         metrics::gauge!("rin_buffer_chunks", "state" => "open").decrement(1.0);
+        self.give_up(chunk, accounted);
+    }
+
+    /// Stops using a chunk after an error: takes its journal back to the last durable commit,
+    /// then seals it from there. The page cache may hold a journal record the disk does not
+    /// (a failed fsync), and recovery reads through the page cache: without the step back it
+    /// would seal the chunk at a commit that was never acked, and the client's resend would
+    /// be stored a second time.
+    fn give_up(&mut self, mut chunk: OpenChunk, accounted: u64) {
+        let seq = chunk.seq;
+        let abandoned = chunk.abandon();
+        drop(chunk);
+        if let Err(e) = abandoned {
+            error!(
+                chunk = seq,
+                "cannot take the chunk back to its last durable commit; it is left alone and recovered at the next start: {e}"
+            );
+            return;
+        }
+        self.recover_now(seq, accounted);
+    }
+
+    /// Seals a chunk given up after an error from its journal, as recovery at start would, and
+    /// queues it for shipping.
+    fn recover_now(&mut self, seq: u64, accounted: u64) {
         match chunk::recover(&self.dir, seq) {
             Ok(r) => {
                 self.usage.sub(accounted);

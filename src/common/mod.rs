@@ -1,6 +1,7 @@
 //! What every stage uses and none owns: human-friendly units for the config files
 //! ([`units`]), listen addresses and bind errors ([`net`]), the time of an event ([`time`]),
-//! the compression of an object ([`codec`]), secrets that cannot reach a log line
+//! the compression of an object ([`codec`]), folders and names that survive a power cut
+//! ([`durable`]), secrets that cannot reach a log line
 //! ([`secret`]), the process's shutdown signal ([`shutdown`]), retry backoff ([`retry`]), the
 //! TLS client ([`tls`]) and the AWS client factory ([`aws`]).
 //!
@@ -10,6 +11,7 @@
 #[cfg(any(feature = "s3", feature = "sqs"))]
 pub mod aws;
 pub mod codec;
+pub mod durable;
 pub mod net;
 pub mod retry;
 pub mod secret;

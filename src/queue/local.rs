@@ -113,7 +113,7 @@ impl LocalQueue {
     pub fn open(dir: &Path) -> Result<LocalQueue> {
         for sub in ["tmp", "ready", "inflight", "dead"] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p)
+            crate::common::durable::create_dir_all(&p)
                 .with_context(|| format!("cannot create queue folder {}", p.display()))?;
         }
         // Half-written enqueues: their sender never got an answer, and retries.

@@ -18,7 +18,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn new(dir: PathBuf) -> Result<LocalStore> {
-        std::fs::create_dir_all(&dir)
+        crate::common::durable::create_dir_all(&dir)
             .with_context(|| format!("cannot create object folder {}", dir.display()))?;
         Ok(LocalStore { dir })
     }
@@ -33,7 +33,9 @@ impl LocalStore {
         let source = source.to_path_buf();
         tokio::task::spawn_blocking(move || -> Result<String> {
             let parent = dest.parent().context("object key has no file name")?;
-            std::fs::create_dir_all(parent)
+            // Fsynced into their parents: the object's own folder fsync does not keep a new
+            // folder's entry, and a lost object whose chunk is retired is a lost chunk.
+            crate::common::durable::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
             let name = dest.file_name().context("object key has no file name")?;
             let tmp = parent.join(format!(".{}.partial", name.to_string_lossy()));
@@ -106,7 +108,9 @@ impl Folders {
         tokio::task::spawn_blocking(move || -> Result<()> {
             use std::io::Write;
             let parent = dest.parent().context("object key has no file name")?;
-            std::fs::create_dir_all(parent)
+            // Fsynced into their parents: the object's own folder fsync does not keep a new
+            // folder's entry, and a lost object whose chunk is retired is a lost chunk.
+            crate::common::durable::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
             let name = dest.file_name().context("object key has no file name")?;
             let tmp = parent.join(format!(".{}.partial", name.to_string_lossy()));

@@ -85,14 +85,19 @@ impl From<IngestError> for Reject {
 }
 
 impl From<StoreError> for Reject {
-    /// Shutting down: 503, retry after the restart. A failed write: 500.
+    /// Shutting down or a failed fsync: 503, retry later. A failed write: 500.
     fn from(e: StoreError) -> Reject {
         match e {
             StoreError::ShuttingDown => Reject::unavailable(&e.to_string()),
             StoreError::Stopped => {
                 Reject::unavailable("the buffer stopped before the events were durable; retry")
             }
-            StoreError::Io { .. } | StoreError::NotDurable => Reject::new(
+            // A failed fsync: nothing of the batch is acked, the chunk is sealed at its last
+            // durable commit and the next batch goes to a new one, so a retry can succeed.
+            StoreError::NotDurable => {
+                Reject::unavailable(&format!("events not stored: {e}; retry"))
+            }
+            StoreError::Io { .. } => Reject::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "not_stored",
                 format!("events not stored: {e}"),
@@ -490,9 +495,9 @@ mod tests {
         assert_eq!(
             answer(StoreError::NotDurable.into()),
             (
-                500,
-                "not_stored",
-                "events not stored: could not make the events durable".into()
+                503,
+                "unavailable",
+                "events not stored: could not make the events durable; retry".into()
             )
         );
         let io = StoreError::Io {

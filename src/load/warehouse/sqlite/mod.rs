@@ -150,7 +150,7 @@ fn sqlite_failure(e: &rusqlite::Error, data_possible: bool, what: &str) -> LoadF
 pub fn open(path: &Path, ledger: &Ledger) -> Result<Connection, LoadFailure> {
     let at = path.display();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
+        crate::common::durable::create_dir_all(parent).map_err(|e| {
             LoadFailure::new(
                 ErrorKind::Other,
                 format!("cannot create {}: {e}", parent.display()),
