@@ -85,18 +85,23 @@ impl From<IngestError> for Reject {
 }
 
 impl From<StoreError> for Reject {
-    /// Shutting down: 503, retry after the restart. A failed write: 500.
+    /// Shutting down or a full disk: 503, retry later. A failed write: 500.
     fn from(e: StoreError) -> Reject {
+        if e.is_disk_full() {
+            return Reject::new(StatusCode::SERVICE_UNAVAILABLE, "disk_full", e.to_string());
+        }
         match e {
             StoreError::ShuttingDown => Reject::unavailable(&e.to_string()),
             StoreError::Stopped => {
                 Reject::unavailable("the buffer stopped before the events were durable; retry")
             }
-            StoreError::Io { .. } | StoreError::NotDurable => Reject::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "not_stored",
-                format!("events not stored: {e}"),
-            ),
+            StoreError::Io { .. } | StoreError::NotDurable | StoreError::DiskFull { .. } => {
+                Reject::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "not_stored",
+                    format!("events not stored: {e}"),
+                )
+            }
         }
     }
 }
@@ -249,10 +254,15 @@ impl State {
         self.admit(&req)?;
         let tag = self.tags.tag(&req)?;
         let route = self.ingest.route(&tag)?;
-        if self.ingest.buffer_full() {
-            return Err(Reject::unavailable(
-                "the buffer is at its disk quota; retry later",
-            ));
+        if self.ingest.buffer_full()
+            && let Some(reason) = self.ingest.push_back_reason()
+        {
+            let label = if reason.contains("is full") {
+                "disk_full"
+            } else {
+                "unavailable"
+            };
+            return Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, label, reason));
         }
         let mut head = self.body_head(&req)?;
         let idempotency_key = head.idempotency_key.take();
@@ -495,6 +505,26 @@ mod tests {
                 "events not stored: could not make the events durable".into()
             )
         );
+        assert_eq!(
+            answer(
+                StoreError::DiskFull {
+                    dir: "/data/buffer/default".into()
+                }
+                .into()
+            ),
+            (
+                503,
+                "disk_full",
+                "the disk holding /data/buffer/default is full: events not stored; retry once \
+                 space is freed"
+                    .into()
+            )
+        );
+        let enospc = StoreError::Io {
+            doing: "cannot write chunk 7".into(),
+            error: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(answer(enospc.into()).0, 503);
         let io = StoreError::Io {
             doing: "cannot write chunk 7".into(),
             error: std::io::Error::other("disk full"),
