@@ -129,9 +129,9 @@ def post(r, recs: list[dict]) -> tuple[int, dict, str]:
                                  headers={"Content-Type": "application/x-ndjson"})
     try:
         with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, dict(resp.headers), resp.read().decode()
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read().decode()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode()
 
 
 def metric(r, name: str, label: str) -> float:
@@ -225,7 +225,7 @@ def test_full_buffer_disk_pushes_back_and_loses_nothing(rin, small_disk):
     assert "free space on that filesystem" in log and "intake resumes by itself" in log
     # While full: HTTP 503 with Retry-After, forward is not read (no ack), readiness fails.
     status, headers, text = post(r, sent.records("refused", 3))
-    assert status == 503 and "Retry-After" in headers and "is full" in text, (status, text)
+    assert status == 503 and "retry-after" in headers and "is full" in text, (status, text)
     assert metric(r, "rin_http_requests_rejected_total", 'reason="disk_full"') >= 1
     assert re.search(r"^rin_disk_full 1$", r.metrics(), re.M), "rin_disk_full gauge not 1"
     try:
