@@ -37,6 +37,8 @@ pub fn chain_is_disk_full(e: &anyhow::Error) -> bool {
 }
 
 /// Bytes free to an unprivileged writer on the filesystem holding `dir`, and its size.
+// statvfs's field types are u64 here but narrower on other targets: the casts stay.
+#[allow(clippy::unnecessary_cast)]
 pub fn free_bytes(dir: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
