@@ -103,6 +103,8 @@ pub async fn serve(config: Config) -> Result<()> {
             let mut last_gc = std::time::Instant::now();
             loop {
                 interval.tick().await;
+                // A full disk that has room again resumes intake (a statfs, only while full).
+                buffer.usage.check_disk();
                 buffer.tick();
                 if last_gc.elapsed() >= Duration::from_secs(60) {
                     last_gc = std::time::Instant::now();
@@ -188,16 +190,9 @@ pub async fn serve(config: Config) -> Result<()> {
 fn ops(buffer: &Arc<Buffer>, queue: Option<&LocalQueue>, handle: PrometheusHandle) -> Ops {
     let health = Health::exported();
     let usage = buffer.usage.clone();
-    health.probe("buffer", move || {
-        if usage.is_full() {
-            Err(format!(
-                "the buffer is at its disk quota ({} bytes, buffer.quota): intake is pushing \
-                 back until uploads free room",
-                usage.quota()
-            ))
-        } else {
-            Ok(())
-        }
+    health.probe("buffer", move || match usage.push_back_reason() {
+        Some(reason) => Err(reason),
+        None => Ok(()),
     });
     let quota = buffer.usage.quota();
     metrics::gauge!("rin_buffer_quota_bytes").set(quota as f64);

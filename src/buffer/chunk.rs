@@ -133,6 +133,26 @@ pub fn seq_of(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// Which file of a chunk a failed commit was writing (a full disk is reported by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkFile {
+    Data,
+    Journal,
+}
+
+/// A failed commit: nothing since the previous commit is durable.
+#[derive(Debug)]
+pub struct CommitError {
+    pub file: ChunkFile,
+    pub error: io::Error,
+}
+
+impl From<CommitError> for io::Error {
+    fn from(e: CommitError) -> io::Error {
+        e.error
+    }
+}
+
 pub struct OpenChunk {
     pub seq: u64,
     dir: PathBuf,
@@ -238,19 +258,27 @@ impl OpenChunk {
     }
 
     /// Makes everything appended so far durable: sync flush, fsync data, journal, fsync journal.
-    pub fn commit(&mut self) -> io::Result<()> {
+    pub fn commit(&mut self) -> Result<(), CommitError> {
         if !self.dirty {
             return Ok(());
         }
-        self.encoder.flush(&mut self.out)?;
-        self.data.write_all(&self.out)?;
+        let data = |error| CommitError {
+            file: ChunkFile::Data,
+            error,
+        };
+        self.encoder.flush(&mut self.out).map_err(data)?;
+        self.data.write_all(&self.out).map_err(data)?;
         self.written += self.out.len() as u64;
         self.out.clear();
         if self.fsync {
-            self.data.sync_data()?;
+            self.data.sync_data().map_err(data)?;
         }
         let first = self.first_time.unwrap_or(EventTime { secs: 0, nanos: 0 });
         let engine = &base64::engine::general_purpose::STANDARD;
+        let journal = |error| CommitError {
+            file: ChunkFile::Journal,
+            error,
+        };
         self.journal_len += write_record(
             &mut self.journal,
             &Record::Commit {
@@ -262,9 +290,10 @@ impl OpenChunk {
                 first_nanos: first.nanos,
                 ids: self.ids.drain(..).map(|id| engine.encode(id)).collect(),
             },
-        )?;
+        )
+        .map_err(journal)?;
         if self.fsync {
-            self.journal.sync_data()?;
+            self.journal.sync_data().map_err(journal)?;
         }
         self.journal_synced = self.journal_len;
         self.dirty = false;

@@ -33,7 +33,7 @@ mod writer;
 pub use backlog::Backlog;
 pub use config::BufferConfig;
 pub use dedupe::{Claim, ClaimGuard, Dedupe};
-pub use usage::Usage;
+pub use usage::{Usage, chain_is_disk_full, is_disk_full};
 
 use crate::common::time::EventTime;
 use chunk::SealedChunk;
@@ -80,11 +80,24 @@ pub enum StoreError {
     /// The batch was written but the commit (or seal) of its chunk failed.
     #[error("could not make the events durable")]
     NotDurable,
+    /// The disk holding the buffer is full (ENOSPC, EDQUOT): nothing of the batch is stored;
+    /// the client is told to retry (forward: no ack; HTTP 503).
+    #[error("the disk holding {} is full: events not stored; retry once space is freed", dir.display())]
+    DiskFull { dir: PathBuf },
 }
 
 impl StoreError {
     fn io(doing: String, error: io::Error) -> StoreError {
         StoreError::Io { doing, error }
+    }
+
+    /// Refused for a full disk: a retry later succeeds (HTTP answers 503, not 500).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull { .. } => true,
+            StoreError::Io { error, .. } => usage::is_disk_full(error),
+            _ => false,
+        }
     }
 }
 
@@ -204,6 +217,7 @@ impl Buffer {
                     usage: usage.clone(),
                     sealed: sealed.clone(),
                     open: HashMap::new(),
+                    unsealed: Vec::new(),
                     max_open: config.max_open_chunks.max(1),
                 };
                 threads.push(

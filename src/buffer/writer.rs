@@ -3,20 +3,26 @@
 //! their submitters. Owns the open chunks, sealing (by size, age and the open-chunk cap) and
 //! the disk usage they count against the quota. It must never answer `Ok` for a batch whose
 //! chunk's commit failed, and never reuse a chunk after an I/O error.
+//!
+//! A full disk (ENOSPC) fails the batches of the chunk it hit, and tells `usage`, which pauses
+//! intake until the filesystem has room again. A chunk that could not be sealed (its tail or
+//! seal record did not fit) is kept in `unsealed` and sealed again on every tick: what it
+//! acked ships as soon as the seal fits, without waiting for a restart.
 
-use super::chunk::{self, OpenChunk};
+use super::chunk::{self, ChunkFile, OpenChunk};
 use super::dedupe::ClaimGuard;
 use super::encoder::Compressor;
 use super::seq::SeqAllocator;
-use super::usage::Usage;
+use super::usage::{Usage, is_disk_full};
 use super::{Batch, Sealed, StoreError};
 use std::collections::HashMap;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
-use tracing::error;
+use tracing::{error, info};
 
 /// Where a writer answers a batch's submitter: durable, or why not.
 pub(super) type Answer = oneshot::Sender<Result<(), StoreError>>;
@@ -64,7 +70,17 @@ pub(super) struct ShardWriter {
     pub sealed: mpsc::UnboundedSender<Sealed>,
     /// The open chunk of each partition, and how many of its disk bytes `usage` counts.
     pub open: HashMap<Arc<str>, (OpenChunk, u64)>,
+    /// Chunks whose seal failed (a full disk), with the disk bytes `usage` counts for them:
+    /// sealed again on every tick until it succeeds.
+    pub unsealed: Vec<(u64, u64)>,
     pub max_open: usize,
+}
+
+/// A chunk whose batches in the group must not be acked, and whether a full disk is why.
+#[derive(Clone, Copy)]
+struct Failed {
+    seq: u64,
+    disk_full: bool,
 }
 
 /// The group in progress: submitters waiting for its commit, and the chunks whose batches must
@@ -72,7 +88,7 @@ pub(super) struct ShardWriter {
 #[derive(Default)]
 struct Group {
     waiters: Vec<Waiter>,
-    failed: Vec<u64>,
+    failed: Vec<Failed>,
 }
 
 impl ShardWriter {
@@ -86,6 +102,9 @@ impl ShardWriter {
             let orders = self.take_group(first, &mut rx, &mut group);
             self.commit_group(&mut group);
             self.account();
+            if orders.tick {
+                self.retry_unsealed();
+            }
             self.seal_due(orders.tick);
             if orders.stop {
                 self.seal_all();
@@ -146,10 +165,23 @@ impl ShardWriter {
             if let Err(e) = chunk.commit() {
                 error!(
                     chunk = chunk.seq,
-                    "commit failed, nothing in it since the last commit is acked: {e}"
+                    file = ?e.file,
+                    "commit failed, nothing in it since the last commit is acked: {}",
+                    e.error
                 );
                 metrics::counter!("rin_buffer_commit_errors_total").increment(1);
-                group.failed.push(chunk.seq);
+                let disk_full = is_disk_full(&e.error);
+                if disk_full {
+                    let stage = match e.file {
+                        ChunkFile::Data => "chunk",
+                        ChunkFile::Journal => "journal",
+                    };
+                    self.usage.disk_full(stage, &self.dir, &e.error);
+                }
+                group.failed.push(Failed {
+                    seq: chunk.seq,
+                    disk_full,
+                });
                 broken.push(key.clone());
             }
         }
@@ -158,10 +190,12 @@ impl ShardWriter {
         }
         metrics::counter!("rin_buffer_commits_total").increment(1);
         for waiter in group.waiters.drain(..) {
-            let result = if group.failed.contains(&waiter.chunk) {
-                Err(StoreError::NotDurable)
-            } else {
-                Ok(())
+            let result = match group.failed.iter().find(|f| f.seq == waiter.chunk) {
+                Some(f) if f.disk_full => Err(StoreError::DiskFull {
+                    dir: self.dir.clone(),
+                }),
+                Some(_) => Err(StoreError::NotDurable),
+                None => Ok(()),
             };
             if let Some(claim) = waiter.claim {
                 claim.finish(result.is_ok());
@@ -192,7 +226,7 @@ impl ShardWriter {
     /// Returns the sequence number of the chunk the batch went into. On error the chunk that
     /// is now broken (if any) is added to `failed`: its earlier, uncommitted batches fail
     /// with it.
-    fn append(&mut self, batch: &Batch, failed: &mut Vec<u64>) -> Result<u64, StoreError> {
+    fn append(&mut self, batch: &Batch, failed: &mut Vec<Failed>) -> Result<u64, StoreError> {
         let key: Arc<str> = if self.partition_by_tag {
             batch.partition.clone()
         } else {
@@ -211,15 +245,33 @@ impl ShardWriter {
         let seq = chunk.seq;
         let id = batch.claim.as_ref().map(|c| c.id.clone());
         if let Err(e) = chunk.append(&batch.lines, batch.events, batch.first_time, id) {
+            let error = self.write_failed("chunk", format!("cannot write chunk {seq}"), e);
             self.poison(&key);
-            failed.push(seq);
-            return Err(StoreError::io(format!("cannot write chunk {seq}"), e));
+            failed.push(Failed {
+                seq,
+                disk_full: matches!(error, StoreError::DiskFull { .. }),
+            });
+            return Err(error);
         }
         Ok(seq)
     }
 
+    /// The answer for a failed write of `stage`: a full disk is told to `usage` (which pauses
+    /// intake) and answered as such; any other error as what it is.
+    fn write_failed(&self, stage: &'static str, doing: String, e: io::Error) -> StoreError {
+        if is_disk_full(&e) {
+            error!("{doing}: {e}");
+            self.usage.disk_full(stage, &self.dir, &e);
+            StoreError::DiskFull {
+                dir: self.dir.clone(),
+            }
+        } else {
+            StoreError::io(doing, e)
+        }
+    }
+
     /// Opens a new chunk for `key`, first sealing the oldest open one at `max_open`.
-    fn open_chunk(&mut self, key: &Arc<str>, failed: &mut Vec<u64>) -> Result<(), StoreError> {
+    fn open_chunk(&mut self, key: &Arc<str>, failed: &mut Vec<Failed>) -> Result<(), StoreError> {
         if self.open.len() >= self.max_open {
             // Many partitions (tags): seal the oldest rather than hold unbounded memory.
             let oldest = self
@@ -236,9 +288,16 @@ impl ShardWriter {
         let seq = self
             .seqs
             .next()
-            .map_err(|e| StoreError::io("cannot allocate a chunk number".into(), e))?;
-        let chunk = OpenChunk::create(&self.dir, seq, key, self.compressor, self.fsync)
-            .map_err(|e| StoreError::io(format!("cannot create chunk {seq}"), e))?;
+            .map_err(|e| self.write_failed("chunk", "cannot allocate a chunk number".into(), e))?;
+        let chunk = match OpenChunk::create(&self.dir, seq, key, self.compressor, self.fsync) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // A half-created chunk holds nothing acked: its files go now, not at the next
+                // start (they would hold space the full disk lacks).
+                let _ = chunk::remove_chunk(&self.dir, seq);
+                return Err(self.write_failed("chunk", format!("cannot create chunk {seq}"), e));
+            }
+        };
         self.open.insert(key.clone(), (chunk, 0));
         metrics::gauge!("rin_buffer_chunks", "state" => "open").increment(1.0);
         Ok(())
@@ -257,7 +316,7 @@ impl ShardWriter {
 
     /// Seals `key`'s chunk and queues it for shipping. A chunk that cannot be sealed is added
     /// to `failed` (its batches in the group are not acked); it stays on disk for recovery.
-    fn seal(&mut self, key: &Arc<str>, failed: &mut Vec<u64>) {
+    fn seal(&mut self, key: &Arc<str>, failed: &mut Vec<Failed>) {
         let Some((mut chunk, accounted)) = self.open.remove(key) else {
             return;
         };
@@ -269,7 +328,11 @@ impl ShardWriter {
                 "commit failed, nothing in it since the last commit is acked: {e}"
             );
             metrics::counter!("rin_buffer_commit_errors_total").increment(1);
-            failed.push(seq);
+            let disk_full = is_disk_full(&e.error);
+            if disk_full {
+                self.usage.disk_full("journal", &self.dir, &e.error);
+            }
+            failed.push(Failed { seq, disk_full });
             self.give_up(chunk, accounted);
             return;
         }
@@ -285,9 +348,39 @@ impl ShardWriter {
             Err(e) => {
                 error!(
                     chunk = seq,
-                    "cannot seal chunk; it stays on disk and is recovered at the next start: {e}"
+                    "cannot seal chunk; it stays on disk and sealing is retried: {e}"
                 );
-                failed.push(seq);
+                let disk_full = is_disk_full(&e);
+                if disk_full {
+                    self.usage.disk_full("seal", &self.dir, &e);
+                }
+                failed.push(Failed { seq, disk_full });
+                self.unsealed.push((seq, accounted));
+            }
+        }
+    }
+
+    /// Seals again the chunks whose seal failed, from their journals (as recovery would).
+    fn retry_unsealed(&mut self) {
+        for (seq, accounted) in std::mem::take(&mut self.unsealed) {
+            match chunk::recover(&self.dir, seq) {
+                Ok(r) => {
+                    info!(chunk = seq, "sealed a chunk whose seal had failed earlier");
+                    self.usage.sub(accounted);
+                    if let Some(sealed) = r.chunk {
+                        self.usage.add(sealed.disk_bytes());
+                        metrics::counter!("rin_chunks_sealed_total").increment(1);
+                        metrics::gauge!("rin_buffer_chunks", "state" => "sealed").increment(1.0);
+                        let _ = self.sealed.send((self.target, sealed));
+                    }
+                }
+                Err(e) => {
+                    // Said once per full disk (usage is flagged until it has room again).
+                    if is_disk_full(&e) && self.usage.full_disk().is_none() {
+                        self.usage.disk_full("seal", &self.dir, &e);
+                    }
+                    self.unsealed.push((seq, accounted));
+                }
             }
         }
     }
@@ -333,18 +426,26 @@ impl ShardWriter {
                     let _ = self.sealed.send((self.target, sealed));
                 }
             }
-            Err(e) => error!(
-                chunk = seq,
-                "cannot seal chunk after an error; it is recovered at the next start: {e}"
-            ),
+            Err(e) => {
+                error!(
+                    chunk = seq,
+                    "cannot seal chunk after an error; sealing is retried: {e}"
+                );
+                if is_disk_full(&e) {
+                    self.usage.disk_full("seal", &self.dir, &e);
+                }
+                self.unsealed.push((seq, accounted));
+            }
         }
     }
 
+    /// At stop: what cannot be sealed now is sealed by recovery at the next start.
     fn seal_all(&mut self) {
         let keys: Vec<Arc<str>> = self.open.keys().cloned().collect();
         let mut failed = Vec::new();
         for key in keys {
             self.seal(&key, &mut failed);
         }
+        self.retry_unsealed();
     }
 }

@@ -110,6 +110,11 @@ impl Ingest {
         self.buffer.usage.is_full()
     }
 
+    /// Why intake pushes back now (the quota, a full disk), for the client.
+    pub fn push_back_reason(&self) -> Option<String> {
+        self.buffer.usage.push_back_reason()
+    }
+
     pub async fn wait_for_room(&self) {
         self.buffer.usage.wait_for_room().await
     }

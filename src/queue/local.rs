@@ -236,6 +236,11 @@ impl LocalQueue {
         st.ready.is_empty() && st.idle_receivers >= consumers
     }
 
+    /// The queue's folder.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     pub fn describe(&self) -> String {
         format!("local queue {}", self.inner.dir.display())
     }
@@ -251,12 +256,16 @@ impl Inner {
         let id = format!("{nanos:020}-{:016x}", rand::random::<u64>());
         let name = file_name(&id, 0);
         let tmp = self.dir.join("tmp").join(&name);
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(body)
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        drop(f);
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(body)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // Half a message is no message: it goes now, not at the next start (a full disk
+            // needs every byte back).
+            let _ = std::fs::remove_file(&tmp);
+            return Err(anyhow::Error::new(e).context(format!("cannot write {}", tmp.display())));
+        }
         let ready = self.dir.join("ready");
         std::fs::rename(&tmp, ready.join(&name))
             .with_context(|| format!("cannot move {name} into {}", ready.display()))?;

@@ -57,6 +57,15 @@ impl Notifier {
         }
     }
 
+    /// The folder of the local queue (where a full disk would be).
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Notifier::Local(q) => Some(q.dir()),
+            #[cfg(feature = "sqs")]
+            Notifier::Sqs { .. } => None,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Notifier::Local(q) => q.describe(),

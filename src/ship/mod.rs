@@ -8,7 +8,7 @@
 pub mod key;
 
 use crate::buffer::chunk::{SealedChunk, retire};
-use crate::buffer::{Sealed, Usage};
+use crate::buffer::{Sealed, Usage, chain_is_disk_full};
 use crate::common::retry::{self, Backoff};
 use crate::common::units::Span;
 use crate::queue::local::LocalQueue;
@@ -166,6 +166,9 @@ impl Shipper {
                 metrics::counter!("rin_upload_errors_total").increment(1);
                 metrics::counter!("rin_upload_retries_total").increment(1);
                 warn!(%key, attempt, retry_in = ?wait, "upload failed: {e:#}");
+                if let Some(dir) = store.local_dir() {
+                    self.disk_full_in("object_store", dir, e);
+                }
             },
         )
         .await;
@@ -199,11 +202,27 @@ impl Shipper {
             |e, attempt, wait| {
                 metrics::counter!("rin_notification_errors_total").increment(1);
                 warn!(key = %stored.key, attempt, retry_in = ?wait, "notification failed (the chunk is kept until it is sent): {e:#}");
+                if let Some(dir) = n.local_dir() {
+                    self.disk_full_in("queue", dir, e);
+                }
             },
         )
         .await;
         metrics::counter!("rin_notifications_total").increment(1);
         debug!(key = %stored.key, etag = %stored.etag, "notified");
+    }
+
+    /// A failed write to a local folder for want of space pushes intake back as a full buffer
+    /// disk does (the chunks cannot drain meanwhile); `usage` says so once and counts it.
+    fn disk_full_in(&self, stage: &'static str, dir: &std::path::Path, e: &anyhow::Error) {
+        if chain_is_disk_full(e) {
+            let io = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                .find(|io| crate::buffer::is_disk_full(io))
+                .expect("chain_is_disk_full found one");
+            self.usage.disk_full(stage, dir, io);
+        }
     }
 
     /// Uploads and notifications: 200 ms doubling to `ship.max_backoff`, jittered.

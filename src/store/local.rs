@@ -40,6 +40,8 @@ impl LocalStore {
             let name = dest.file_name().context("object key has no file name")?;
             let tmp = parent.join(format!(".{}.partial", name.to_string_lossy()));
             let etag = copy_with_digest(&source, &tmp).with_context(|| {
+                // Half an object is no object: on a full disk it holds the room its retry needs.
+                let _ = std::fs::remove_file(&tmp);
                 format!("cannot copy {} to {}", source.display(), tmp.display())
             })?;
             publish(&tmp, &dest)?;

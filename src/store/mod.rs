@@ -68,6 +68,15 @@ pub enum Store {
 }
 
 impl Store {
+    /// The folder of a local store (where a full disk would be).
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Store::Local { store, .. } => Some(store.dir()),
+            #[cfg(feature = "s3")]
+            Store::S3(_) => None,
+        }
+    }
+
     pub async fn from_config(name: &str, config: &StoreConfig) -> Result<Store> {
         Ok(match config {
             StoreConfig::Local { dir, .. } => Store::Local {

@@ -219,6 +219,7 @@ pub const FAMILIES: &[Family] = &[
             &[("reason", "too_large")],
             &[("reason", "busy")],
             &[("reason", "unavailable")],
+            &[("reason", "disk_full")],
             &[("reason", "auth")],
             &[("reason", "no_tag")],
         ]),
@@ -322,6 +323,27 @@ pub const FAMILIES: &[Family] = &[
         Serve,
         One,
         "Commits that failed (disk errors); their batches were not acked.",
+    ),
+    f(
+        "rin_disk_full_errors_total",
+        Counter,
+        Serve,
+        Labels(&[
+            &[("stage", "chunk")],
+            &[("stage", "journal")],
+            &[("stage", "seal")],
+            &[("stage", "object_store")],
+            &[("stage", "queue")],
+            &[("stage", "warehouse")],
+        ]),
+        "Writes that failed for want of space (ENOSPC, EDQUOT), by what was written: chunk (data file, new chunk), journal (commit record), seal, object_store (a local store's folder), queue (the local queue), warehouse (the embedded SQLite). Nothing of a failed write is acked.",
+    ),
+    f(
+        "rin_disk_full",
+        Gauge,
+        Serve,
+        One,
+        "1 while intake pushes back for a full disk (forward: no ack, HTTP 503 reason disk_full), until its filesystem has 4 MiB (an eighth of a smaller one) free again.",
     ),
     // -- serve: shipping ---------------------------------------------------------------
     f(

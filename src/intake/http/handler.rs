@@ -85,8 +85,11 @@ impl From<IngestError> for Reject {
 }
 
 impl From<StoreError> for Reject {
-    /// Shutting down or a failed fsync: 503, retry later. A failed write: 500.
+    /// Shutting down, a full disk or a failed fsync: 503, retry later. A failed write: 500.
     fn from(e: StoreError) -> Reject {
+        if e.is_disk_full() {
+            return Reject::new(StatusCode::SERVICE_UNAVAILABLE, "disk_full", e.to_string());
+        }
         match e {
             StoreError::ShuttingDown => Reject::unavailable(&e.to_string()),
             StoreError::Stopped => {
@@ -97,7 +100,8 @@ impl From<StoreError> for Reject {
             StoreError::NotDurable => {
                 Reject::unavailable(&format!("events not stored: {e}; retry"))
             }
-            StoreError::Io { .. } => Reject::new(
+            // A full disk was answered above (`is_disk_full`).
+            StoreError::Io { .. } | StoreError::DiskFull { .. } => Reject::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "not_stored",
                 format!("events not stored: {e}"),
@@ -254,10 +258,15 @@ impl State {
         self.admit(&req)?;
         let tag = self.tags.tag(&req)?;
         let route = self.ingest.route(&tag)?;
-        if self.ingest.buffer_full() {
-            return Err(Reject::unavailable(
-                "the buffer is at its disk quota; retry later",
-            ));
+        if self.ingest.buffer_full()
+            && let Some(reason) = self.ingest.push_back_reason()
+        {
+            let label = if reason.contains("is full") {
+                "disk_full"
+            } else {
+                "unavailable"
+            };
+            return Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, label, reason));
         }
         let mut head = self.body_head(&req)?;
         let idempotency_key = head.idempotency_key.take();
@@ -500,6 +509,26 @@ mod tests {
                 "events not stored: could not make the events durable; retry".into()
             )
         );
+        assert_eq!(
+            answer(
+                StoreError::DiskFull {
+                    dir: "/data/buffer/default".into()
+                }
+                .into()
+            ),
+            (
+                503,
+                "disk_full",
+                "the disk holding /data/buffer/default is full: events not stored; retry once \
+                 space is freed"
+                    .into()
+            )
+        );
+        let enospc = StoreError::Io {
+            doing: "cannot write chunk 7".into(),
+            error: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(answer(enospc.into()).0, 503);
         let io = StoreError::Io {
             doing: "cannot write chunk 7".into(),
             error: std::io::Error::other("disk full"),

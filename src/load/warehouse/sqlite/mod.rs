@@ -143,6 +143,14 @@ pub fn sqlstate(e: &rusqlite::Error) -> Option<&'static str> {
 
 /// A failure of `what`; `data_possible`: whether the statement wrote an object's row.
 fn sqlite_failure(e: &rusqlite::Error, data_possible: bool, what: &str) -> LoadFailure {
+    if e.sqlite_error_code() == Some(ErrorCode::DiskFull) {
+        // Transient (53100): the load rolls back and its message comes back after its lease.
+        metrics::counter!("rin_disk_full_errors_total", "stage" => "warehouse").increment(1);
+        tracing::error!(
+            "{what}: the disk holding the SQLite warehouse is full ({e}); the load is rolled \
+             back and retried: free space on that filesystem"
+        );
+    }
     LoadFailure::server(sqlstate(e), e.to_string(), data_possible, what)
 }
 
