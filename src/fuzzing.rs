@@ -22,8 +22,11 @@ use crate::load::rin::template;
 use crate::queue::event::{self, Parsed};
 use std::path::PathBuf;
 
+/// A target's body: takes any bytes, panics only when a property is broken.
+pub type Target = fn(&[u8]);
+
 /// The targets, by the name of their `fuzz/fuzz_targets/<name>.rs` and corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("forward_frame", forward_frame),
     ("http_body", http_body),
     ("object_event", object_event),
@@ -304,27 +307,28 @@ pub fn chunk_recovery(data: &[u8]) {
         };
         std::fs::write(chunk::journal_path(dir, seq), journal).expect("write the journal");
     }
-    let first = chunk::recover(dir, seq);
-    if let Ok(first) = &first {
-        if let Some(sealed) = &first.chunk {
-            let on_disk = std::fs::metadata(&sealed.data_path).map(|m| m.len());
-            assert_eq!(
-                on_disk.ok(),
-                Some(sealed.size),
-                "data file is the chunk's size"
-            );
-            assert!(sealed.events > 0);
-            let again = chunk::recover(dir, seq).expect("a recovered chunk recovers again");
-            assert_eq!(again.truncated, 0, "second recovery cut bytes");
-            let again = again.chunk.expect("a recovered chunk stays a chunk");
-            assert_eq!(
-                (again.size, again.events, again.bytes, &again.partition),
-                (sealed.size, sealed.events, sealed.bytes, &sealed.partition),
-                "second recovery changed the chunk"
-            );
-            let after = std::fs::metadata(&again.data_path).map(|m| m.len());
-            assert_eq!(after.ok(), Some(sealed.size));
-        }
+    if let Ok(chunk::Recovered {
+        chunk: Some(sealed),
+        ..
+    }) = &chunk::recover(dir, seq)
+    {
+        let on_disk = std::fs::metadata(&sealed.data_path).map(|m| m.len());
+        assert_eq!(
+            on_disk.ok(),
+            Some(sealed.size),
+            "data file is the chunk's size"
+        );
+        assert!(sealed.events > 0);
+        let again = chunk::recover(dir, seq).expect("a recovered chunk recovers again");
+        assert_eq!(again.truncated, 0, "second recovery cut bytes");
+        let again = again.chunk.expect("a recovered chunk stays a chunk");
+        assert_eq!(
+            (again.size, again.events, again.bytes, &again.partition),
+            (sealed.size, sealed.events, sealed.bytes, &sealed.partition),
+            "second recovery changed the chunk"
+        );
+        let after = std::fs::metadata(&again.data_path).map(|m| m.len());
+        assert_eq!(after.ok(), Some(sealed.size));
     }
     chunk::remove_chunk(dir, seq).expect("clean the fuzz chunk folder");
 }

@@ -871,14 +871,9 @@ mod tests {
         )]);
         assert_eq!(line(map_key, &fmt), "{\"{\\\"k\\\":\\\"v\\\"}\":1}\n");
         // Maps as keys of maps as keys, 40 levels: 2^40 escapes before the fix.
-        let mut nested = Vec::new();
-        for _ in 0..40 {
-            nested.extend_from_slice(&[0x81]);
-        }
+        let mut nested = vec![0x81; 40];
         nested.extend_from_slice(&[0xa1, b'"', 0xc0]);
-        for _ in 0..39 {
-            nested.push(0xc0);
-        }
+        nested.extend_from_slice(&[0xc0; 39]);
         let mut times = fmt.renderer();
         let mut out = Vec::new();
         let err = fmt
