@@ -6,12 +6,13 @@
 # 10 s) or out-of-memory (over 2 GB) leaves its input in fuzz/artifacts/<target>/.
 #   fuzz/run.sh TARGET [MAX_SECONDS=600] [MAX_RUNS=10000000]
 # Build first (docs/fuzzing.md): RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none
+# FUZZ_BIN runs another build of the target (a copy kept while fuzz/target is being rebuilt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:?usage: fuzz/run.sh TARGET [MAX_SECONDS] [MAX_RUNS]}
 seconds=${2:-600}
 runs=${3:-10000000}
-bin=fuzz/target/x86_64-unknown-linux-gnu/release/$target
+bin=${FUZZ_BIN:-fuzz/target/x86_64-unknown-linux-gnu/release/$target}
 [ -x "$bin" ] || { echo "fuzz/run.sh: $bin missing; run: RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none" >&2; exit 1; }
 mkdir -p "fuzz/corpus-run/$target" "fuzz/artifacts/$target"
 exec nice -n 10 "$bin" "fuzz/corpus-run/$target" "fuzz/corpus/$target" \
