@@ -12,10 +12,13 @@
 //! Around them: [`config`] (serve's YAML), [`common`] (units, secrets, shutdown, retry, AWS),
 //! [`telemetry`] (logs, metrics), [`pipeline`] (serve's wiring and shutdown). The hot path
 //! (`intake::msgpack`, `intake::transcode`) and routing (`intake::route`) live with the intake.
+//! `fuzzing` (hidden) holds the fuzz targets' bodies (docs/fuzzing.md).
 
 pub mod buffer;
 pub mod common;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod intake;
 pub mod load;
 pub mod ops;

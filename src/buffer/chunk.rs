@@ -115,6 +115,7 @@ pub fn retire(chunk: &SealedChunk) -> io::Result<()> {
 pub fn journal_ids(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     let engine = &base64::engine::general_purpose::STANDARD;
     Ok(read_journal(path)?
+        .0
         .into_iter()
         .flat_map(|r| match r {
             Record::Commit { ids, .. } => ids,
@@ -340,8 +341,9 @@ fn write_record(file: &mut File, record: &Record) -> io::Result<u64> {
     Ok(framed.len() as u64)
 }
 
-/// Reads journal records up to the first torn or corrupt one (a crash mid-append).
-fn read_journal(path: &Path) -> io::Result<Vec<Record>> {
+/// Reads journal records up to the first torn or corrupt one (a crash mid-append); also
+/// returns the length of those whole records, where a torn tail starts.
+fn read_journal(path: &Path) -> io::Result<(Vec<Record>, u64)> {
     let mut raw = Vec::new();
     File::open(path)?.read_to_end(&mut raw)?;
     let mut records = Vec::new();
@@ -361,7 +363,8 @@ fn read_journal(path: &Path) -> io::Result<Vec<Record>> {
         }
         rest = &rest[8 + len..];
     }
-    Ok(records)
+    let whole = (raw.len() - rest.len()) as u64;
+    Ok((records, whole))
 }
 
 /// What recovery found for one chunk.
@@ -379,9 +382,9 @@ pub struct Recovered {
 /// Idempotent.
 pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
     let journal_p = journal_path(dir, seq);
-    let records = match read_journal(&journal_p) {
+    let (records, journal_whole) = match read_journal(&journal_p) {
         Ok(r) => r,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), 0),
         Err(e) => return Err(e),
     };
     let opened = match records.first() {
@@ -423,7 +426,7 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
         ids,
         sealed_size,
         last,
-    } = scan_journal(&records, data_len);
+    } = scan_journal(&records, data_len, Encoder::tail_len(codec));
     let Some(Record::Commit {
         offset,
         bytes,
@@ -454,7 +457,7 @@ pub fn recover(dir: &Path, seq: u64) -> io::Result<Recovered> {
     if sealed_size != Some(size) || data_len != size {
         truncated = data_len.saturating_sub(offset);
         let tail = Encoder::tail(codec, crc, bytes);
-        close_at(&data_p, &journal_p, offset, &tail, size)?;
+        close_at(&data_p, &journal_p, journal_whole, offset, &tail, size)?;
     }
     Ok(Recovered {
         chunk: Some(SealedChunk {
@@ -486,14 +489,14 @@ struct JournalScan {
     last: Option<Record>,
 }
 
-fn scan_journal(records: &[Record], data_len: u64) -> JournalScan {
+fn scan_journal(records: &[Record], data_len: u64, tail_len: u64) -> JournalScan {
     let engine = &base64::engine::general_purpose::STANDARD;
     let mut scan = JournalScan {
         ids: Vec::new(),
         sealed_size: None,
         last: None,
     };
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
         match r {
             Record::Commit {
                 offset,
@@ -506,7 +509,21 @@ fn scan_journal(records: &[Record], data_len: u64) -> JournalScan {
                     scan.last = Some(r.clone());
                 }
             }
-            Record::Sealed { size } => scan.sealed_size = Some(*size),
+            Record::Sealed { size } => {
+                scan.sealed_size = Some(*size);
+                // A seal names the commit it closed (its offset plus the tail). That cut
+                // stands: a commit the journal holds past it (a journal that was ahead of its
+                // data file) stays cut, though the tail made the file long enough to cover
+                // its offset. Nothing is written after a seal.
+                let closed = records[..i].iter().rev().find(|c| {
+                    matches!(c, Record::Commit { offset, .. }
+                        if offset.checked_add(tail_len) == Some(*size) && *offset <= data_len)
+                });
+                if let Some(closed) = closed {
+                    scan.last = Some(closed.clone());
+                    break;
+                }
+            }
             Record::Open { .. } => {}
         }
     }
@@ -514,10 +531,13 @@ fn scan_journal(records: &[Record], data_len: u64) -> JournalScan {
 }
 
 /// Cuts the data file at a commit's `offset`, closes the member (or frame) there with `tail`
-/// (see [`Encoder::tail`]) and records the seal in the journal.
+/// (see [`Encoder::tail`]) and records the seal in the journal, after its `journal_whole`
+/// bytes of whole records: a torn record after them (a crash mid-append) is cut first, or the
+/// seal would be unreadable behind it and every later recovery would close the chunk again.
 fn close_at(
     data_p: &Path,
     journal_p: &Path,
+    journal_whole: u64,
     offset: u64,
     tail: &[u8],
     size: u64,
@@ -528,6 +548,7 @@ fn close_at(
     data.write_all(tail)?;
     data.sync_data()?;
     let mut journal = OpenOptions::new().append(true).open(journal_p)?;
+    journal.set_len(journal_whole)?;
     write_record(&mut journal, &Record::Sealed { size })?;
     journal.sync_data()
 }
@@ -779,5 +800,68 @@ mod tests {
         );
         let written = serde_json::to_string(&r).unwrap();
         assert_eq!(written, r#"{"kind":"open","seq":1,"partition":"app"}"#);
+    }
+
+    /// Recovery is idempotent after a torn journal append: the seal it records must be
+    /// readable on the next start, or every restart cuts the tail again (`truncated` > 0, a
+    /// misleading "cut unacknowledged bytes" log) and appends one more unreadable record.
+    /// Found by the `chunk_recovery` fuzz target (docs/fuzzing.md).
+    #[test]
+    fn recovery_after_a_torn_journal_append_is_idempotent() {
+        for codec in compressors() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = OpenChunk::create(dir.path(), 5, "app", codec, true).unwrap();
+            c.append(b"{\"a\":1}\n", 1, t(), None).unwrap();
+            c.commit().unwrap();
+            c.journal.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+            std::mem::forget(c);
+            let first = recover(dir.path(), 5).unwrap();
+            let sealed = first.chunk.unwrap();
+            let again = recover(dir.path(), 5).unwrap();
+            assert_eq!(again.truncated, 0, "{codec:?}");
+            assert_eq!(again.chunk.unwrap().size, sealed.size);
+            assert_eq!(decode(&sealed.data_path), b"{\"a\":1}\n");
+        }
+    }
+
+    /// A journal ahead of its data file (fsync off and a power loss: the journal's pages
+    /// reached the disk, the data's did not; or a damaged disk) is cut at the last commit the
+    /// data holds. The next recovery must keep that cut, not take the closing tail for the
+    /// data of a later commit whose offset the now longer file covers (and seal a chunk whose
+    /// middle is the old tail). Found by the `chunk_recovery` fuzz target (docs/fuzzing.md).
+    #[test]
+    fn recovery_keeps_its_cut_when_the_journal_was_ahead_of_the_data() {
+        for codec in compressors() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = OpenChunk::create(dir.path(), 6, "app", codec, true).unwrap();
+            c.append(b"{\"a\":1}\n", 1, t(), None).unwrap();
+            c.commit().unwrap();
+            let kept = c.written;
+            // A commit whose bytes never reached the data file, a little past its end.
+            write_record(
+                &mut c.journal,
+                &Record::Commit {
+                    offset: kept + 2,
+                    bytes: 16,
+                    events: 2,
+                    crc: 0,
+                    first_secs: 1_700_000_000,
+                    first_nanos: 0,
+                    ids: Vec::new(),
+                },
+            )
+            .unwrap();
+            let data_p = data_path(dir.path(), 6, codec.codec);
+            std::mem::forget(c);
+            let size = kept + Encoder::tail_len(codec.codec);
+            let first = recover(dir.path(), 6).unwrap();
+            let sealed = first.chunk.unwrap();
+            assert_eq!((sealed.events, sealed.size), (1, size), "{codec:?}");
+            let again = recover(dir.path(), 6).unwrap();
+            assert_eq!(again.truncated, 0, "{codec:?}");
+            let again = again.chunk.unwrap();
+            assert_eq!((again.events, again.size), (1, size), "{codec:?}");
+            assert_eq!(decode(&data_p), b"{\"a\":1}\n", "{codec:?}");
+        }
     }
 }

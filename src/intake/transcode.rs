@@ -226,7 +226,7 @@ impl LineFormat {
                 out.push(b',');
             }
             let json_start = out.len();
-            let key = write_key(out, record, times)?;
+            let key = write_key(out, record, times, 1, false)?;
             let reserved = key.is_some_and(|k| self.is_reserved(k));
             if !reserved {
                 out.push(b':');
@@ -330,17 +330,27 @@ impl KeyCache {
 }
 
 /// Writes a map key as a JSON string; returns the raw key when it was a str or bin.
+///
+/// Another key (a map, an int...) is rendered as JSON and written as a string, which escapes
+/// its quotes: once is linear, but a non-string key inside a non-string key doubles the
+/// escapes per level, and a 600-byte frame grew to gigabytes. So such a key inside a key
+/// (`in_key`) is refused, and a key's value counts against the record's nesting `depth`.
 fn write_key<'a>(
     out: &mut Vec<u8>,
     r: &mut Reader<'a>,
     times: &mut TimeRenderer,
+    depth: usize,
+    in_key: bool,
 ) -> Result<Option<&'a [u8]>> {
     if let Some(bytes) = r.bytes()? {
         write_bytes_as_str(out, bytes);
         return Ok(Some(bytes));
     }
+    if in_key {
+        return invalid("a map key that is not a string holds another such key");
+    }
     let mut scratch = Vec::new();
-    write_value(&mut scratch, r, times, 1)?;
+    write_value_in(&mut scratch, r, times, depth + 1, true)?;
     let text = String::from_utf8_lossy(&scratch);
     write_str(out, text.trim_matches('"'));
     Ok(None)
@@ -351,6 +361,17 @@ fn write_value(
     r: &mut Reader,
     times: &mut TimeRenderer,
     depth: usize,
+) -> Result<()> {
+    write_value_in(out, r, times, depth, false)
+}
+
+/// [`write_value`], `in_key` when the value is (inside) a map key being rendered.
+fn write_value_in(
+    out: &mut Vec<u8>,
+    r: &mut Reader,
+    times: &mut TimeRenderer,
+    depth: usize,
+    in_key: bool,
 ) -> Result<()> {
     if depth > MAX_DEPTH {
         return invalid(format!("record nests deeper than {MAX_DEPTH} levels"));
@@ -403,7 +424,7 @@ fn write_value(
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, r, times, depth + 1)?;
+                write_value_in(out, r, times, depth + 1, in_key)?;
             }
             out.push(b']');
         }
@@ -414,9 +435,9 @@ fn write_value(
                 if i > 0 {
                     out.push(b',');
                 }
-                let _ = write_key(out, r, times)?;
+                let _ = write_key(out, r, times, depth, in_key)?;
                 out.push(b':');
-                write_value(out, r, times, depth + 1)?;
+                write_value_in(out, r, times, depth + 1, in_key)?;
             }
             out.push(b'}');
         }
@@ -834,6 +855,38 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A non-string key is written as its JSON text; one holding another such key is refused.
+    /// Each level of keys inside keys doubled the escapes: the `forward_frame` fuzz target's
+    /// 623-byte frame ran for a minute and took 450 MB (docs/fuzzing.md).
+    #[test]
+    fn keys_inside_non_string_keys_are_refused_not_escaped_again() {
+        let fmt = LineFormat::new("", TimeFormat::Rfc3339, 6, "");
+        let int_key = Value::Map(vec![(Value::from(7), Value::from("a"))]);
+        assert_eq!(line(int_key, &fmt), "{\"7\":\"a\"}\n");
+        let map_key = Value::Map(vec![(
+            Value::Map(vec![(Value::from("k"), Value::from("v"))]),
+            Value::from(1),
+        )]);
+        assert_eq!(line(map_key, &fmt), "{\"{\\\"k\\\":\\\"v\\\"}\":1}\n");
+        // Maps as keys of maps as keys, 40 levels: 2^40 escapes before the fix.
+        let mut nested = vec![0x81; 40];
+        nested.extend_from_slice(&[0xa1, b'"', 0xc0]);
+        nested.extend_from_slice(&[0xc0; 39]);
+        let mut times = fmt.renderer();
+        let mut out = Vec::new();
+        let err = fmt
+            .write_line(
+                &mut out,
+                &mut times,
+                b"\"t\"",
+                EventTime { secs: 0, nanos: 0 },
+                &mut Reader::new(&nested),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("holds another such key"), "{err}");
+        assert!(out.len() < 1024, "{} bytes written", out.len());
     }
 
     #[test]

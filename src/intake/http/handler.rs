@@ -12,6 +12,7 @@ use super::{BLOCKING_BODY, HttpConfig};
 use crate::buffer::{ClaimGuard, Source, StoreError};
 use crate::common::shutdown::Shutdown;
 use crate::common::time::EventTime;
+use crate::intake::transcode::LineFormat;
 use crate::intake::{InboundCounters, Ingest, IngestError, Intake, Route};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -51,6 +52,11 @@ impl Reject {
             reason,
             detail: detail.into(),
         }
+    }
+
+    /// The HTTP status it answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// 503: every shipper retries it, where fluent-bit drops data on most 4xx.
@@ -415,27 +421,76 @@ impl State {
             encoding,
             kind,
             body,
-            mut params,
+            params,
             ..
         } = payload;
-        // `_held`: the body's share of the decompression budget, until it is transcoded.
-        let (decoded, _held) = body::decompress(encoding, &body, self.max_decompressed)?;
-        let (kind, payload) = unwrap_form(kind, decoded, &mut params)?;
         let target = self.ingest.target(route.target);
-        let shape = Shape {
-            format: &target.format,
-            tag_json: &route.tag_json,
-            time_key: &self.time_key,
-            time_param: request::time_param(&params)?,
-            now: now(),
-        };
-        let mut lines = Lines::with_capacity(payload.len() + payload.len() / 8 + 256);
-        match kind {
-            BodyKind::Msgpack => body::msgpack_lines(&payload, &shape, &mut lines)?,
-            _ => body::json_lines(&payload, &shape, &mut lines)?,
-        }
-        Ok(lines)
+        body_lines(
+            BodyRequest {
+                encoding,
+                kind,
+                body: &body,
+                params,
+            },
+            &BodyRules {
+                max_decompressed: self.max_decompressed,
+                format: &target.format,
+                tag_json: &route.tag_json,
+                time_key: &self.time_key,
+            },
+            now(),
+        )
     }
+}
+
+/// What a request brings to its body's conversion.
+pub(crate) struct BodyRequest<'a> {
+    pub encoding: Encoding,
+    pub kind: BodyKind,
+    pub body: &'a [u8],
+    /// Query parameters (a form body adds its fields).
+    pub params: Params,
+}
+
+/// What the server and the route decide about a body's conversion.
+pub(crate) struct BodyRules<'a> {
+    pub max_decompressed: usize,
+    pub format: &'a LineFormat,
+    /// The tag, already a JSON string.
+    pub tag_json: &'a [u8],
+    pub time_key: &'a str,
+}
+
+/// A request body into its lines: decompressed, unwrapped from a form, transcoded. Pure (no
+/// I/O, no state beyond the decompression budget), so `crate::fuzzing` drives exactly the
+/// path a request takes.
+pub(crate) fn body_lines(
+    request: BodyRequest,
+    rules: &BodyRules,
+    now: EventTime,
+) -> Result<Lines, Reject> {
+    let BodyRequest {
+        encoding,
+        kind,
+        body,
+        mut params,
+    } = request;
+    // `_held`: the body's share of the decompression budget, until it is transcoded.
+    let (decoded, _held) = body::decompress(encoding, body, rules.max_decompressed)?;
+    let (kind, payload) = unwrap_form(kind, decoded, &mut params)?;
+    let shape = Shape {
+        format: rules.format,
+        tag_json: rules.tag_json,
+        time_key: rules.time_key,
+        time_param: request::time_param(&params)?,
+        now,
+    };
+    let mut lines = Lines::with_capacity(payload.len() + payload.len() / 8 + 256);
+    match kind {
+        BodyKind::Msgpack => body::msgpack_lines(&payload, &shape, &mut lines)?,
+        _ => body::json_lines(&payload, &shape, &mut lines)?,
+    }
+    Ok(lines)
 }
 
 /// A form body carries its payload in a `json` or `msgpack` field; any other body is the

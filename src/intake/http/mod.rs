@@ -30,7 +30,7 @@
 mod auth;
 pub mod body;
 mod config;
-mod handler;
+pub(crate) mod handler;
 mod request;
 
 pub use config::HttpConfig;
