@@ -285,14 +285,18 @@ def test_full_buffer_disk_pushes_back_and_loses_nothing(rin, small_disk):
     c.expect_closed(15)
     c.close()
     assert disk_full_count(r, "journal") >= 1
-    assert disk_full_count(r, "seal") >= 1, "the seal after the failed commit fitted"
+    # The chunk is then cut back to its last durable commit and sealed from there (the
+    # power-loss fix for a failed fsync): the cut may free the room the seal needs. Either the
+    # seal fits now, or it hits the full disk and is retried once space is freed.
+    seal_failed = disk_full_count(r, "seal") >= 1
     assert "file=Journal" in r.stderr_text()
     status, _, text = post(r, sent.records("refused", 2))
     assert status == 503 and "is full" in text
     r.assert_alive()
     disk.free()
-    wait_for("the retried seal", lambda: "sealed a chunk whose seal had failed earlier"
-             in r.stderr_text(), r)
+    if seal_failed:
+        wait_for("the retried seal", lambda: "sealed a chunk whose seal had failed earlier"
+                 in r.stderr_text(), r)
     with r.connect() as c:
         send_acked(c, sent, journal_recs, long_id)
         send_acked(c, sent, sent.records("last", 5), "last")

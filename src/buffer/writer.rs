@@ -325,7 +325,9 @@ impl ShardWriter {
         if let Err(e) = chunk.commit() {
             error!(
                 chunk = seq,
-                "commit failed, nothing in it since the last commit is acked: {e}"
+                file = ?e.file,
+                "commit failed, nothing in it since the last commit is acked: {}",
+                e.error
             );
             metrics::counter!("rin_buffer_commit_errors_total").increment(1);
             let disk_full = is_disk_full(&e.error);

@@ -51,6 +51,9 @@ pub struct SyncConfig {
     /// Where the objects' rows load through (the ledger table), as Rin's `rin_ship.ledger_table`.
     #[serde(default)]
     pub ledger_table: Option<String>,
+    /// `host:port` of /metrics, /healthz and /readyz (default: none).
+    #[serde(default)]
+    pub metrics_bind: Option<String>,
     pub tables: Vec<TableConfig>,
 }
 

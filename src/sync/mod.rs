@@ -94,6 +94,9 @@ async fn run(cfg: SyncConfig, args: SyncArgs) -> Result<()> {
     if args.dry_run {
         return dry_run(cfg).await;
     }
+    if let Some(bind) = &cfg.metrics_bind {
+        serve_metrics(bind).await?;
+    }
     if args.once {
         let ok = one_round(&cfg).await?;
         return if ok {
@@ -119,6 +122,25 @@ async fn run(cfg: SyncConfig, args: SyncArgs) -> Result<()> {
             }
         }
     }
+}
+
+/// The operations endpoint (`metrics_bind`): the loader's series and sync's own.
+async fn serve_metrics(bind: &str) -> Result<()> {
+    use crate::telemetry::catalog::Part;
+    use crate::telemetry::{self, Health, Listen, Ops};
+    let addr = crate::common::net::parse_bind(bind).map_err(|e| anyhow!("metrics_bind: {e}"))?;
+    let handle = telemetry::install_metrics(&[Part::Process, Part::Load, Part::Sync])?;
+    let ops = Ops {
+        handle,
+        health: Health::exported(),
+        collectors: Vec::new(),
+    };
+    let listen = Listen {
+        addr,
+        setting: "metrics_bind",
+        env: None,
+    };
+    telemetry::serve_ops(listen, ops).await
 }
 
 /// Opens the source, reads each table's schema and key.

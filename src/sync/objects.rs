@@ -131,7 +131,7 @@ impl<'a> ObjectWriter<'a> {
         cur.rows += 1;
         let full = cur.rows >= self.rows_per_object;
         self.rows += 1;
-        if self.rows % 4096 == 0 && self.progress.last.elapsed() >= PROGRESS_EVERY {
+        if self.rows.is_multiple_of(4096) && self.progress.last.elapsed() >= PROGRESS_EVERY {
             self.report();
         }
         if full {

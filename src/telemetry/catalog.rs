@@ -18,6 +18,8 @@ pub enum Part {
     LocalQueue,
     /// `import` only: its SQS queue, table maintenance.
     Import,
+    /// `rin-ship sync` (with `metrics_bind`), besides its loader's.
+    Sync,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,7 @@ pub struct Family {
 }
 
 use Kind::{Counter, Gauge, Histogram};
-use Part::{Import, Load, LocalQueue, Process, Serve};
+use Part::{Import, Load, LocalQueue, Process, Serve, Sync};
 use Series::{FromConfig, Labels, One};
 
 const fn f(
@@ -533,6 +535,34 @@ pub const FAMILIES: &[Family] = &[
         Import,
         One,
         "Maintenance rounds that found the Redshift disks fuller than disk_warn_pct.",
+    ),
+    f(
+        "rin_sync_rows_total",
+        Counter,
+        Sync,
+        FromConfig,
+        "Rows read from the source and written to objects, by target table.",
+    ),
+    f(
+        "rin_sync_pass_duration_seconds",
+        Histogram,
+        Sync,
+        FromConfig,
+        "Duration of one table's pass (read, store, load), by target table.",
+    ),
+    f(
+        "rin_sync_failures_total",
+        Counter,
+        Sync,
+        FromConfig,
+        "Passes that failed (the next pass retries; the state keeps what was stored), by table.",
+    ),
+    f(
+        "rin_sync_unmapped_columns_total",
+        Counter,
+        Sync,
+        FromConfig,
+        "Source columns found without a target column before a pass (schema: report), by table.",
     ),
 ];
 
