@@ -9,7 +9,7 @@
 //! seal record did not fit) is kept in `unsealed` and sealed again on every tick: what it
 //! acked ships as soon as the seal fits, without waiting for a restart.
 
-use super::chunk::{self, ChunkFile, OpenChunk};
+use super::chunk::{self, ChunkFile, CommitError, OpenChunk};
 use super::dedupe::ClaimGuard;
 use super::encoder::Compressor;
 use super::seq::SeqAllocator;
@@ -17,7 +17,7 @@ use super::usage::{Usage, is_disk_full};
 use super::{Batch, Sealed, StoreError};
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -74,6 +74,27 @@ pub(super) struct ShardWriter {
     /// sealed again on every tick until it succeeds.
     pub unsealed: Vec<(u64, u64)>,
     pub max_open: usize,
+}
+
+/// Logs and counts a failed commit of chunk `seq` (a full disk by the file it hit); its
+/// batches are not acked.
+fn commit_failed(usage: &Usage, dir: &Path, seq: u64, e: &CommitError) -> Failed {
+    error!(
+        chunk = seq,
+        file = ?e.file,
+        "commit failed, nothing in it since the last commit is acked: {}",
+        e.error
+    );
+    metrics::counter!("rin_buffer_commit_errors_total").increment(1);
+    let disk_full = is_disk_full(&e.error);
+    if disk_full {
+        let stage = match e.file {
+            ChunkFile::Data => "chunk",
+            ChunkFile::Journal => "journal",
+        };
+        usage.disk_full(stage, dir, &e.error);
+    }
+    Failed { seq, disk_full }
 }
 
 /// A chunk whose batches in the group must not be acked, and whether a full disk is why.
@@ -163,25 +184,9 @@ impl ShardWriter {
                 continue;
             }
             if let Err(e) = chunk.commit() {
-                error!(
-                    chunk = chunk.seq,
-                    file = ?e.file,
-                    "commit failed, nothing in it since the last commit is acked: {}",
-                    e.error
-                );
-                metrics::counter!("rin_buffer_commit_errors_total").increment(1);
-                let disk_full = is_disk_full(&e.error);
-                if disk_full {
-                    let stage = match e.file {
-                        ChunkFile::Data => "chunk",
-                        ChunkFile::Journal => "journal",
-                    };
-                    self.usage.disk_full(stage, &self.dir, &e.error);
-                }
-                group.failed.push(Failed {
-                    seq: chunk.seq,
-                    disk_full,
-                });
+                group
+                    .failed
+                    .push(commit_failed(&self.usage, &self.dir, chunk.seq, &e));
                 broken.push(key.clone());
             }
         }
@@ -323,18 +328,7 @@ impl ShardWriter {
         let seq = chunk.seq;
         metrics::gauge!("rin_buffer_chunks", "state" => "open").decrement(1.0);
         if let Err(e) = chunk.commit() {
-            error!(
-                chunk = seq,
-                file = ?e.file,
-                "commit failed, nothing in it since the last commit is acked: {}",
-                e.error
-            );
-            metrics::counter!("rin_buffer_commit_errors_total").increment(1);
-            let disk_full = is_disk_full(&e.error);
-            if disk_full {
-                self.usage.disk_full("journal", &self.dir, &e.error);
-            }
-            failed.push(Failed { seq, disk_full });
+            failed.push(commit_failed(&self.usage, &self.dir, seq, &e));
             self.give_up(chunk, accounted);
             return;
         }
