@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # What tests/run builds (RIN_SHIP_FEATURES, else its default) plus the default features, as
 # --version and rin_build_info list them.
 BUILT_FEATURES = ",".join(sorted(
-    set(os.environ.get("RIN_SHIP_FEATURES", "redshift,lambda,isal").split(",")) | {"s3", "sqs"}))
+    set(os.environ.get("RIN_SHIP_FEATURES", "redshift,lambda,isal").split(",")) | {"s3", "sqs", "mysql"}))
 
 
 def scrape(port: int) -> dict:
