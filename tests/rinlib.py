@@ -35,10 +35,19 @@ def rin_ship_bin() -> Path:
     return Path(os.environ.get("RIN_SHIP_BIN", ROOT / "target" / "debug" / "rin-ship"))
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never handed out before in this test run: the kernel may give the
+    port it just freed again, and two listeners of one server got the same one (seen in CI)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def port_open(port: int, timeout: float = 0.2) -> bool:
