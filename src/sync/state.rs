@@ -70,11 +70,11 @@ impl StateObject<'_> {
             etag: "",
             version_id: "",
         };
-        let mut body = match self.objects.open(obj).await {
-            Ok(Fetched::Body(b)) => b,
-            Ok(Fetched::Gone) => return Ok(TableState::default()),
-            Err(e) if is_missing(&e) => return Ok(TableState::default()),
-            Err(e) => return Err(e).with_context(what),
+        // Both stores answer a missing object with `Gone`; any error stays an error (taken for
+        // "no state", it would start the table over from a full snapshot).
+        let mut body = match self.objects.open(obj).await.with_context(what)? {
+            Fetched::Body(b) => b,
+            Fetched::Gone => return Ok(TableState::default()),
         };
         let mut text = String::new();
         body.read_to_string(&mut text).await.with_context(what)?;
@@ -94,14 +94,4 @@ impl StateObject<'_> {
             .await
             .with_context(|| format!("writing the sync state {}", self.key))
     }
-}
-
-/// A store's "no such object" (a folder's missing file, S3's 404).
-fn is_missing(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-            || c.to_string().contains("NoSuchKey")
-            || c.to_string().contains("NotFound")
-    })
 }
