@@ -18,6 +18,7 @@ use anyhow::{Context, Result, anyhow};
 use base64::Engine;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts, Value};
+use std::io::Write as _;
 
 pub struct MysqlSource {
     conn: Conn,
@@ -280,25 +281,28 @@ fn write_value(out: &mut Vec<u8>, kind: &Kind, v: &Value) {
                 out.extend_from_slice(b"null");
                 return;
             }
-            let mut t = format!("{y:04}-{m:02}-{d:02}");
+            // Digits and separators only: nothing to escape, written straight into the line.
+            out.push(b'"');
+            let _ = write!(out, "{y:04}-{m:02}-{d:02}");
             if *kind != Kind::Date {
-                t.push_str(&format!(" {h:02}:{mi:02}:{s:02}"));
+                let _ = write!(out, " {h:02}:{mi:02}:{s:02}");
                 if *us != 0 {
-                    t.push_str(&format!(".{us:06}"));
+                    let _ = write!(out, ".{us:06}");
                 }
                 if *kind == Kind::TimestampTz {
-                    t.push_str("+00:00");
+                    out.extend_from_slice(b"+00:00");
                 }
             }
-            push_json_str(out, &t);
+            out.push(b'"');
         }
         (_, Value::Time(neg, days, h, m, s, us)) => {
             let hours = u64::from(*days) * 24 + u64::from(*h);
-            let mut t = format!("{}{hours:02}:{m:02}:{s:02}", if *neg { "-" } else { "" });
+            let sign = if *neg { "-" } else { "" };
+            let _ = write!(out, "\"{sign}{hours:02}:{m:02}:{s:02}");
             if *us != 0 {
-                t.push_str(&format!(".{us:06}"));
+                let _ = write!(out, ".{us:06}");
             }
-            push_json_str(out, &t);
+            out.push(b'"');
         }
         (Kind::Binary, Value::Bytes(b)) => {
             push_json_str(out, &base64::engine::general_purpose::STANDARD.encode(b))
