@@ -340,9 +340,17 @@ impl JsonWriter<'_> {
                 out.push(b',');
             }
             first = false;
+            let raw = value.get().as_bytes();
+            if let Some(number) = number_out_of_range(raw) {
+                return Err(BodyError::malformed(format!(
+                    "invalid JSON: the number {} in field {key:?} is out of range \
+                     (beyond a 64-bit float: no JSON loader could read it)",
+                    String::from_utf8_lossy(&number[..number.len().min(40)])
+                )));
+            }
             write_str(out, key);
             out.push(b':');
-            write_raw(out, value.get().as_bytes());
+            write_raw(out, raw);
         }
         out.extend_from_slice(b"}\n");
         self.out.count(time);
@@ -358,6 +366,53 @@ fn json_time(raw: &str) -> Option<EventTime> {
     } else {
         parse_time_text(raw)
     }
+}
+
+/// The first number in a raw JSON value that a 64-bit float cannot hold (`1e400`, or 400
+/// digits), if any. Values are copied unparsed, and serde_json's syntax check of a raw value
+/// does not range-check its numbers; but serde_json itself (and so every loader that parses
+/// the line: the importer, Redshift's JSON reader) refuses such a number, so an event holding
+/// one would be acked and then never load. Refused here instead, with the body.
+///
+/// Cheap on the common value: a number can only overflow with an exponent (`e`/`E`) or with
+/// more than 308 digits, so a value with neither is not scanned.
+fn number_out_of_range(raw: &[u8]) -> Option<&[u8]> {
+    const MAX_PLAIN_DIGITS: usize = 308;
+    if raw.len() <= MAX_PLAIN_DIGITS && memchr::memchr2(b'e', b'E', raw).is_none() {
+        return None;
+    }
+    let overflows = |number: &[u8]| {
+        std::str::from_utf8(number)
+            .ok()
+            .and_then(|n| n.parse::<f64>().ok())
+            .is_some_and(|v| v.is_infinite())
+    };
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                // Skip the string: to the closing quote that is not escaped.
+                i += 1;
+                while i < raw.len() && raw[i] != b'"' {
+                    i += if raw[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < raw.len()
+                    && matches!(raw[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                if overflows(&raw[start..i]) {
+                    return Some(&raw[start..i]);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Copies a raw JSON value; one that spans lines (pretty-printed input) is compacted, since a
@@ -708,6 +763,45 @@ mod tests {
         let mut b = Vec::new();
         rmpv::encode::write_value(&mut b, v).unwrap();
         b
+    }
+
+    #[test]
+    fn numbers_beyond_a_float_are_refused_like_serde_json_refuses_them() {
+        // Each value: is it refused by serde_json's parser (what loaders use)? The body must
+        // be refused exactly then.
+        let values = [
+            "1",
+            "-0",
+            "1.5e10",
+            "1e308",
+            "1.7976931348623157e308",
+            "1e309",
+            "-1e400",
+            "1e-400",
+            "0.0e99999",
+            "[1, 2e5, {\"e\": 3E400}]",
+            "{\"k\": \"1e400\"}",
+            "[true, false, 1e999]",
+            "\"\\\"1e999\"",
+            "[1E+400]",
+            "[1e-99999999]",
+        ];
+        let long_digits = "9".repeat(400);
+        let long_ok = format!("0.{long_digits}");
+        for v in values
+            .iter()
+            .copied()
+            .chain([long_digits.as_str(), long_ok.as_str()])
+        {
+            let loader_refuses = serde_json::from_str::<serde_json::Value>(v).is_err();
+            let body = format!("{{\"a\": {v}}}");
+            let result = run(BodyKind::Json, body.as_bytes(), "", None);
+            assert_eq!(result.is_err(), loader_refuses, "value {v}: {result:?}");
+            if let Err(e) = result {
+                assert_eq!(e.status, 400);
+                assert!(e.detail.contains("out of range"), "{}", e.detail);
+            }
+        }
     }
 
     #[test]
