@@ -394,9 +394,14 @@ def test_top_under_tmux_against_a_running_serve(bare):
         assert re.search(r"^uploaded\s+default\s+\S+\s+\d+", screen, re.M), screen
         # Ctrl-C: it exits 0 and gives the screen back (the alternate screen is left).
         tmux("send-keys", "-t", "top", "C-c")
-        wait_for(lambda: tmux("display-message", "-p", "-t", "top", "#{pane_dead}").strip() == "1",
-                 10, "top to exit on Ctrl-C")
-        assert tmux("display-message", "-p", "-t", "top", "#{pane_dead_status}").strip() == "0"
+        # tmux marks the pane dead a moment before it records the exit status: wait for both.
+        def exit_status():
+            dead, _, code = tmux("display-message", "-p", "-t", "top",
+                                 "#{pane_dead}:#{pane_dead_status}").strip().partition(":")
+            return code if dead == "1" and code else None
+
+        status = wait_for(exit_status, 10, "top to exit on Ctrl-C")
+        assert status == "0", status
         assert "rin-ship top" not in tmux.screen()
     finally:
         stop.set()

@@ -5,19 +5,30 @@
 //! the connection limit, how long the drain may take, how a failed handshake is reported) is
 //! an [`AcceptPolicy`] and a [`Handler`]. It must never let one connection's handshake hold up
 //! the loop, and never stop the process from exiting past the drain it promised.
+//!
+//! A place under the limit is a share, not a lease: each connection gets a [`Place`] and
+//! reports on it whenever it delivers something whole (a forward frame, an HTTP request). At
+//! the limit, a new connection takes the place of the one that has gone longest without
+//! delivering anything (at least `EVICT_QUIET`): it is told to close (`Place::evicted`). So
+//! idle keep-alive connections and slowloris-style clients (a byte now and then, never a whole
+//! frame) cannot keep active clients out; an evicted connection has had nothing acked that it
+//! has not been answered for, so closing it loses nothing (the client reconnects and resends
+//! what was unanswered).
 
 use crate::common::shutdown::Shutdown;
 use crate::intake::tls::ReloadableAcceptor;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// What an intake does with a connection once it is admitted.
 pub trait Handler: Send + Sync + 'static {
@@ -26,6 +37,7 @@ pub trait Handler: Send + Sync + 'static {
         self: Arc<Self>,
         stream: S,
         peer: SocketAddr,
+        place: Place,
         stop: Shutdown,
     ) -> impl Future<Output = ()> + Send
     where
@@ -51,7 +63,8 @@ pub enum AtCapacity {
         metric: &'static str,
         warning: &'static str,
     },
-    /// Accept nothing until a connection closes: new ones wait in the listen backlog.
+    /// Accept nothing until a connection closes: new ones wait in the listen backlog (one is
+    /// held by the loop, waiting for a place).
     Wait,
 }
 
@@ -69,6 +82,8 @@ pub struct AcceptPolicy {
     pub name: &'static str,
     /// Counter of connections admitted.
     pub connections_metric: &'static str,
+    /// Counter of connections told to give their place to a new one.
+    pub evicted_metric: &'static str,
     pub max_connections: usize,
     pub at_capacity: AtCapacity,
     /// How long a client has to finish the TLS handshake.
@@ -80,6 +95,14 @@ pub struct AcceptPolicy {
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (out of file descriptors, say) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// At the limit, only a connection that has delivered nothing for this long gives its place up
+/// (a client between two frames of a steady stream keeps it).
+const EVICT_QUIET: Duration = Duration::from_secs(1);
+/// How long a new connection waits for the place of the connection told to close.
+const EVICT_WAIT: Duration = Duration::from_secs(2);
+/// While all places are held by connections that deliver, a waiting new one looks again this
+/// often for one that went quiet.
+const EVICT_RECHECK: Duration = Duration::from_millis(250);
 
 /// Runs the accept loop until `stop`, then drains as `policy.drain` says.
 pub async fn accept_until_stopped<H: Handler>(
@@ -92,13 +115,6 @@ pub async fn accept_until_stopped<H: Handler>(
     let mut admission = Admission::new(&policy);
     let mut tasks = JoinSet::new();
     loop {
-        let waited_permit = match policy.at_capacity {
-            AtCapacity::Wait => tokio::select! {
-                p = admission.connections.clone().acquire_owned() => Some(p.expect("semaphore closed")),
-                _ = stop.wait() => break,
-            },
-            AtCapacity::Refuse { .. } => None,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait() => break,
@@ -111,8 +127,11 @@ pub async fn accept_until_stopped<H: Handler>(
                 continue;
             }
         };
-        let Some(permit) = waited_permit.or_else(|| admission.admit_or_refuse(&policy, peer))
-        else {
+        let admitted = tokio::select! {
+            a = admission.admit(&policy, peer) => a,
+            _ = stop.wait() => break,
+        };
+        let Some((permit, place)) = admitted else {
             drop(stream);
             continue;
         };
@@ -125,7 +144,7 @@ pub async fn accept_until_stopped<H: Handler>(
             peer,
             tls,
             stop.clone(),
-            permit,
+            (permit, place),
         ));
         while tasks.try_join_next().is_some() {}
     }
@@ -133,9 +152,11 @@ pub async fn accept_until_stopped<H: Handler>(
     drain(tasks, &policy).await;
 }
 
-/// The connection limit, and when the last refusal was logged.
+/// The connection limit, the places of the connections admitted, and when the last refusal
+/// was logged.
 struct Admission {
     connections: Arc<Semaphore>,
+    places: Arc<Places>,
     last_refusal_log: Option<Instant>,
 }
 
@@ -143,18 +164,45 @@ impl Admission {
     fn new(policy: &AcceptPolicy) -> Admission {
         Admission {
             connections: Arc::new(Semaphore::new(policy.max_connections)),
+            places: Arc::new(Places::default()),
             last_refusal_log: None,
         }
     }
 
-    /// A permit if a connection is free; else the refusal is counted and (throttled) logged.
-    fn admit_or_refuse(
+    /// A permit and a place for a new connection: a free one, else the place of the
+    /// connection quiet the longest (told to close, then waited for), else (`Wait`) the first
+    /// place that frees or goes quiet. `None`: refused (`Refuse`, counted and logged).
+    async fn admit(
         &mut self,
         policy: &AcceptPolicy,
         peer: SocketAddr,
-    ) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = self.connections.clone().try_acquire_owned() {
-            return Some(permit);
+    ) -> Option<(OwnedSemaphorePermit, Place)> {
+        loop {
+            if let Ok(permit) = self.connections.clone().try_acquire_owned() {
+                return Some((permit, self.places.admit()));
+            }
+            if self.places.evict_quietest(EVICT_QUIET) {
+                metrics::counter!(policy.evicted_metric).increment(1);
+                debug!(%peer, "{} at max_connections: the connection quiet the longest gives its place", policy.name);
+                let freed =
+                    tokio::time::timeout(EVICT_WAIT, self.connections.clone().acquire_owned());
+                if let Ok(permit) = freed.await {
+                    return Some((permit.expect("semaphore closed"), self.places.admit()));
+                }
+                continue;
+            }
+            match policy.at_capacity {
+                AtCapacity::Wait => {
+                    let freed = tokio::time::timeout(
+                        EVICT_RECHECK,
+                        self.connections.clone().acquire_owned(),
+                    );
+                    if let Ok(permit) = freed.await {
+                        return Some((permit.expect("semaphore closed"), self.places.admit()));
+                    }
+                }
+                AtCapacity::Refuse { .. } => break,
+            }
         }
         if let AtCapacity::Refuse { metric, warning } = policy.at_capacity {
             metrics::counter!(metric, "reason" => "max_connections").increment(1);
@@ -170,21 +218,22 @@ impl Admission {
     }
 }
 
-/// One admitted connection: the TLS handshake if any, then the handler. The permit is held
-/// until the connection ends.
+/// One admitted connection: the TLS handshake if any, then the handler. The permit and the
+/// place are held until the connection ends.
 async fn serve_one<H: Handler>(
     handler: Arc<H>,
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
     stop: Shutdown,
-    permit: OwnedSemaphorePermit,
+    (permit, place): (OwnedSemaphorePermit, Place),
 ) {
+    let _leave = Leave(place.clone());
     match tls {
-        None => handler.serve(stream, peer, stop).await,
+        None => handler.serve(stream, peer, place, stop).await,
         Some((acceptor, timeout)) => {
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => handler.serve(tls_stream, peer, stop).await,
+                Ok(Ok(tls_stream)) => handler.serve(tls_stream, peer, place, stop).await,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     handler.tls_failed(peer, TlsFailure::Closed(e))
                 }
@@ -194,6 +243,108 @@ async fn serve_one<H: Handler>(
         }
     }
     drop(permit);
+}
+
+/// A connection's place under the limit, shared by the accept loop and the connection's
+/// handler: the handler calls [`Place::delivered`] when something whole arrived and watches
+/// [`Place::evicted`] (closing when it fires, after answering what it owes).
+#[derive(Clone)]
+pub struct Place {
+    state: Arc<PlaceState>,
+    places: Arc<Places>,
+}
+
+struct PlaceState {
+    id: u64,
+    /// When the connection last delivered something (or was admitted), in milliseconds since
+    /// `Places::epoch`.
+    delivered_at: AtomicU64,
+    evict: Notify,
+}
+
+impl Place {
+    /// Something whole arrived (a frame, a request): the connection keeps its place.
+    pub fn delivered(&self) {
+        let now = self.places.now_ms();
+        self.state.delivered_at.store(now, Ordering::Relaxed);
+    }
+
+    /// Completes when a new connection was given this one's place: close, after answering
+    /// what is owed (nothing half-received was acked).
+    pub async fn evicted(&self) {
+        self.state.evict.notified().await
+    }
+}
+
+/// The places of the connections now admitted.
+struct Places {
+    epoch: Instant,
+    next_id: AtomicU64,
+    held: Mutex<HashMap<u64, Arc<PlaceState>>>,
+}
+
+impl Default for Places {
+    fn default() -> Places {
+        Places {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Places {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn admit(self: &Arc<Self>) -> Place {
+        let state = Arc::new(PlaceState {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            delivered_at: AtomicU64::new(self.now_ms()),
+            evict: Notify::new(),
+        });
+        self.held
+            .lock()
+            .expect("places poisoned")
+            .insert(state.id, state.clone());
+        Place {
+            state,
+            places: self.clone(),
+        }
+    }
+
+    /// Tells the connection that has delivered nothing the longest (at least `quiet`) to give
+    /// its place up; `false` when every connection delivered more recently. The one told
+    /// leaves the registry at once, so it is never told twice.
+    fn evict_quietest(&self, quiet: Duration) -> bool {
+        let cutoff = self.now_ms().saturating_sub(quiet.as_millis() as u64);
+        let mut held = self.held.lock().expect("places poisoned");
+        let quietest = held
+            .values()
+            .map(|p| (p.delivered_at.load(Ordering::Relaxed), p.id))
+            .filter(|(at, _)| *at <= cutoff)
+            .min();
+        let Some((_, id)) = quietest else {
+            return false;
+        };
+        if let Some(victim) = held.remove(&id) {
+            // notify_one keeps the wake-up for a handler not waiting at this instant.
+            victim.evict.notify_one();
+        }
+        true
+    }
+}
+
+/// Takes a connection's place out of the registry when its task ends.
+struct Leave(Place);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.0.places.held.lock() {
+            held.remove(&self.0.state.id);
+        }
+    }
 }
 
 async fn drain(mut tasks: JoinSet<()>, policy: &AcceptPolicy) {
@@ -222,8 +373,13 @@ mod tests {
     struct Echo;
 
     impl Handler for Echo {
-        async fn serve<S>(self: Arc<Self>, mut stream: S, _peer: SocketAddr, _stop: Shutdown)
-        where
+        async fn serve<S>(
+            self: Arc<Self>,
+            mut stream: S,
+            _peer: SocketAddr,
+            _place: Place,
+            _stop: Shutdown,
+        ) where
             S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         {
             let mut byte = [0u8; 1];
@@ -237,14 +393,53 @@ mod tests {
         fn tls_failed(&self, _peer: SocketAddr, _failure: TlsFailure) {}
     }
 
+    /// Echoes bytes back, each one a delivery, and closes when told to give its place up.
+    struct Courteous;
+
+    impl Handler for Courteous {
+        async fn serve<S>(
+            self: Arc<Self>,
+            mut stream: S,
+            _peer: SocketAddr,
+            place: Place,
+            _stop: Shutdown,
+        ) where
+            S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            let mut byte = [0u8; 1];
+            loop {
+                tokio::select! {
+                    read = stream.read(&mut byte) => {
+                        if !matches!(read, Ok(1)) || stream.write_all(&byte).await.is_err() {
+                            return;
+                        }
+                        place.delivered();
+                    }
+                    _ = place.evicted() => return,
+                }
+            }
+        }
+
+        fn tls_failed(&self, _peer: SocketAddr, _failure: TlsFailure) {}
+    }
+
     const LONG: Duration = Duration::from_secs(10);
 
     async fn start(at_capacity: AtCapacity, drain: Drain) -> (SocketAddr, Trigger, JoinHandle<()>) {
+        start_with(at_capacity, drain, Echo).await
+    }
+
+    async fn start_with<H: Handler>(
+        at_capacity: AtCapacity,
+        drain: Drain,
+        handler: H,
+    ) -> (SocketAddr, Trigger, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let policy = AcceptPolicy {
             name: "test",
             connections_metric: "test_connections_total",
+            evicted_metric: "test_evicted_total",
             max_connections: 1,
             at_capacity,
             tls_timeout: LONG,
@@ -255,7 +450,7 @@ mod tests {
             listener,
             None,
             policy,
-            Arc::new(Echo),
+            Arc::new(handler),
             stop,
         ));
         (addr, trigger, task)
@@ -299,6 +494,41 @@ mod tests {
             served,
             "a connection was refused after the first one closed"
         );
+        trigger.trigger();
+        tokio::time::timeout(LONG, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_the_connection_quiet_the_longest_gives_its_place() {
+        for at_capacity in [REFUSE, AtCapacity::Wait] {
+            let (addr, trigger, task) =
+                start_with(at_capacity, Drain::UntilClosed, Courteous).await;
+            let mut quiet = TcpStream::connect(addr).await.unwrap();
+            assert_eq!(echoes(&mut quiet, LONG).await, Some(true));
+            tokio::time::sleep(EVICT_QUIET + Duration::from_millis(200)).await;
+            // The new connection is served; the quiet one was closed for it.
+            let mut new = TcpStream::connect(addr).await.unwrap();
+            assert_eq!(echoes(&mut new, LONG).await, Some(true));
+            assert_eq!(echoes(&mut quiet, LONG).await, Some(false));
+            drop(new);
+            trigger.trigger();
+            tokio::time::timeout(LONG, task).await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_a_connection_that_delivers_keeps_its_place() {
+        let (addr, trigger, task) = start_with(REFUSE, Drain::UntilClosed, Courteous).await;
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        // It delivers every 100 ms, past the quiet time a place is taken after.
+        for _ in 0..15 {
+            assert_eq!(echoes(&mut busy, LONG).await, Some(true));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut new = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echoes(&mut new, LONG).await, Some(false));
+        assert_eq!(echoes(&mut busy, LONG).await, Some(true));
+        drop(busy);
         trigger.trigger();
         tokio::time::timeout(LONG, task).await.unwrap().unwrap();
     }

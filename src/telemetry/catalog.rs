@@ -150,6 +150,13 @@ pub const FAMILIES: &[Family] = &[
         "Forward connections closed at once because forward.max_connections were open.",
     ),
     f(
+        "rin_forward_connections_evicted_total",
+        Counter,
+        Serve,
+        One,
+        "Forward connections closed at forward.max_connections to make room for a new one: the one that delivered no frame the longest (at least 1 s) gives its place.",
+    ),
+    f(
         "rin_forward_bytes_total",
         Counter,
         Serve,
@@ -167,6 +174,7 @@ pub const FAMILIES: &[Family] = &[
             &[("reason", "busy")],
             &[("reason", "truncated")],
             &[("reason", "no_route")],
+            &[("reason", "slow")],
         ]),
         "Forward frames refused, by reason; each closes its connection and is not acked (the client resends it).",
     ),
@@ -206,6 +214,13 @@ pub const FAMILIES: &[Family] = &[
         "HTTP intake connections accepted.",
     ),
     f(
+        "rin_http_connections_evicted_total",
+        Counter,
+        Serve,
+        One,
+        "HTTP connections closed at http.max_connections to make room for a new one: the one that completed no request the longest (at least 1 s) gives its place.",
+    ),
+    f(
         "rin_http_requests_total",
         Counter,
         Serve,
@@ -224,6 +239,7 @@ pub const FAMILIES: &[Family] = &[
             &[("reason", "disk_full")],
             &[("reason", "auth")],
             &[("reason", "no_tag")],
+            &[("reason", "slow")],
         ]),
         "HTTP intake requests refused, by reason (nothing of a refused request is stored).",
     ),

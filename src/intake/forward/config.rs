@@ -26,6 +26,9 @@ pub struct ForwardConfig {
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Span,
+    /// A frame begun must have arrived whole within this, however often bytes come (a
+    /// slowloris-style client is closed; nothing of the frame was acked, so it is resent).
+    pub frame_timeout: Span,
     /// Time a client has to finish the TLS and shared-key handshakes.
     pub handshake_timeout: Span,
     /// Most events one frame may carry.
@@ -69,6 +72,7 @@ impl Default for ForwardConfig {
             max_decompressed_bytes: ByteSize(256 << 20),
             max_connections: 1024,
             idle_timeout: Span(Duration::from_secs(600)),
+            frame_timeout: Span(Duration::from_secs(60)),
             handshake_timeout: Span(Duration::from_secs(10)),
             max_entries: 1_000_000,
             udp_heartbeat: true,

@@ -3,7 +3,9 @@
 //! shutdown drain what the client already sent. Owns the connection's read and write halves;
 //! it must never ack a frame before its events are durable, never read on while
 //! `MAX_PENDING_ACKS` acks are owed or the buffer is at its quota, and a bad frame must cost
-//! only this connection.
+//! only this connection. It holds no more than its share: a frame must arrive whole within
+//! `frame_timeout`, and at `max_connections` the connection quiet the longest gives its place
+//! to a new one (see `accept`); either way it closes after answering the acks it owes.
 
 use super::Shared;
 use super::acks::{OwedAcks, write_ack};
@@ -13,11 +15,12 @@ use super::ingest::ingest_frame;
 use crate::buffer::Source;
 use crate::common::shutdown::Shutdown;
 use crate::intake::IngestError;
+use crate::intake::accept::Place;
 use crate::intake::msgpack::FrameScanner;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// At shutdown a connection keeps reading until its client is quiet this long (data already
 /// sent by a client that asks no acks is otherwise lost)...
@@ -38,6 +41,8 @@ enum Close {
     Quietly,
     /// Closed early, for this reason (logged as a warning).
     Because(String),
+    /// Gave its place to a new connection at `max_connections` (logged at info).
+    Evicted,
 }
 
 pub(super) struct Connection {
@@ -45,6 +50,8 @@ pub(super) struct Connection {
     pub peer: String,
     /// Its writer in the buffer: all its frames go there, in order.
     pub source: Source,
+    /// Its place under `max_connections`.
+    pub place: Place,
 }
 
 /// A connection past its handshake: what the steps of its loop share.
@@ -57,6 +64,9 @@ struct Session<'c, S> {
     stop: Shutdown,
     /// Set at shutdown: the deadline for reading what the client already sent.
     draining: Option<Instant>,
+    /// When the partial frame in the read buffer began to arrive (`frame_timeout` runs from
+    /// it); `None` while no partial frame is held.
+    frame_began: Option<Instant>,
 }
 
 impl Connection {
@@ -83,6 +93,7 @@ impl Connection {
             acks: OwedAcks::default(),
             stop,
             draining: None,
+            frame_began: None,
         };
         let close = session.run().await;
         // Acks of frames accepted before the end are still owed.
@@ -94,6 +105,11 @@ impl Connection {
                 warn!(peer = %self.peer, "closing forward connection: {reason}")
             }
             Close::Quietly => debug!(peer = %self.peer, "forward connection closed"),
+            Close::Evicted => info!(
+                peer = %self.peer,
+                "closing forward connection: at forward.max_connections, a new connection \
+                 takes the place of this one (it delivered nothing the longest)"
+            ),
         }
     }
 
@@ -148,6 +164,11 @@ where
             return self.at_end_of_stream().await;
         }
         self.frames.compact();
+        if self.frames.unread() == 0 {
+            self.frame_began = None;
+        } else if self.frame_began.is_none() {
+            self.frame_began = Some(Instant::now());
+        }
         if !self.acks.is_full() && self.conn.shared.ingest.buffer_full() {
             return self.hold_while_full().await;
         }
@@ -163,6 +184,9 @@ where
                 Ok(None) => break,
                 Err(e) => return Err(refused(e.into())),
             };
+            // A whole frame: the connection keeps its place, and the next frame's time starts.
+            self.conn.place.delivered();
+            self.frame_began = None;
             match ingest_frame(&shared.ingest, &shared.limits, &frame, &self.conn.source).await {
                 Ok(Some(ack)) => self.acks.push(ack),
                 Ok(None) => {}
@@ -199,7 +223,10 @@ where
             _ = self.conn.shared.ingest.wait_for_room() => {}
             Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.write_ack(ack).await?,
             _ = self.stop.wait(), if self.draining.is_none() => return Err(Close::Quietly),
+            _ = self.conn.place.evicted() => return Err(Close::Evicted),
         }
+        // The wait was not the client's doing: its frame's time starts again.
+        self.frame_began = self.frame_began.map(|_| Instant::now());
         if self.draining.is_some() {
             return Err(Close::Quietly);
         }
@@ -212,9 +239,13 @@ where
         let can_read = !self.acks.is_full();
         self.frames.reserve_for_read();
         let idle_timeout = self.conn.shared.idle_timeout;
+        let frame_timeout = self.conn.shared.frame_timeout;
+        let frame_left = self
+            .frame_began
+            .map(|began| (began + frame_timeout).saturating_duration_since(Instant::now()));
         // While draining, read what the client already sent until it goes quiet.
         let wait = match self.draining {
-            None => idle_timeout,
+            None => frame_left.map_or(idle_timeout, |left| left.min(idle_timeout)),
             Some(deadline) => DRAIN_IDLE.min(deadline.saturating_duration_since(Instant::now())),
         };
         tokio::select! {
@@ -223,6 +254,15 @@ where
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(Close::Because(format!("read error: {e}"))),
                     Err(_) if self.draining.is_some() => return Err(Close::Quietly),
+                    Err(_) if frame_left.is_some_and(|left| left <= idle_timeout) => {
+                        metrics::counter!("rin_forward_frames_rejected_total", "reason" => "slow")
+                            .increment(1);
+                        return Err(Close::Because(format!(
+                            "a frame did not arrive whole within forward.frame_timeout \
+                             ({frame_timeout:?}; {} bytes of it came): a slow or stalled client",
+                            self.frames.unread()
+                        )));
+                    }
                     Err(_) => return Err(Close::Because(format!("idle for {idle_timeout:?}"))),
                 }
             }
@@ -230,6 +270,7 @@ where
             _ = self.stop.wait(), if self.draining.is_none() => {
                 self.draining = Some(Instant::now() + DRAIN_MAX);
             }
+            _ = self.conn.place.evicted(), if self.draining.is_none() => return Err(Close::Evicted),
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ pub use config::ForwardConfig;
 use crate::common::net::bind_error;
 use crate::common::shutdown::Shutdown;
 use crate::intake::Ingest;
-use crate::intake::accept::{self, AcceptPolicy, AtCapacity, Drain, Handler, TlsFailure};
+use crate::intake::accept::{self, AcceptPolicy, AtCapacity, Drain, Handler, Place, TlsFailure};
 use crate::intake::tls::ReloadableAcceptor;
 use config::SecurityConfig;
 use connection::Connection;
@@ -52,6 +52,7 @@ struct Shared {
     limits: frame::Limits,
     max_frame: usize,
     idle_timeout: Duration,
+    frame_timeout: Duration,
     handshake_timeout: Duration,
 }
 
@@ -103,6 +104,7 @@ impl ForwardServer {
                 limits: config.frame_limits(),
                 max_frame: config.max_frame_bytes.0 as usize,
                 idle_timeout: config.idle_timeout.0,
+                frame_timeout: config.frame_timeout.0,
                 handshake_timeout: config.handshake_timeout.0,
             }),
             max_connections: config.max_connections,
@@ -118,6 +120,7 @@ impl ForwardServer {
         let policy = AcceptPolicy {
             name: "forward",
             connections_metric: "rin_forward_connections_total",
+            evicted_metric: "rin_forward_connections_evicted_total",
             max_connections: self.max_connections,
             // Over the limit: this connection only is closed; the client retries later.
             at_capacity: AtCapacity::Refuse {
@@ -133,7 +136,7 @@ impl ForwardServer {
 }
 
 impl Handler for Shared {
-    async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr, stop: Shutdown)
+    async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr, place: Place, stop: Shutdown)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -141,6 +144,7 @@ impl Handler for Shared {
             source: self.ingest.source(),
             shared: self,
             peer: peer.to_string(),
+            place,
         };
         conn.serve(stream, stop).await
     }

@@ -24,6 +24,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// A connection that sends no complete request headers for this long is closed.
     pub idle_timeout: Span,
+    /// A request's body must have arrived whole within this after its headers (a
+    /// slowloris-style body gets 408 and nothing of it is stored).
+    pub body_timeout: Span,
     /// Header carrying the tag (fluent-bit `header_tag`); wins over the path. Default
     /// `FLUENT-TAG`, the name in `fluent-bit/http.conf`, so fluent-bit works on the
     /// defaults. Empty: none (the path only).
@@ -57,6 +60,7 @@ impl Default for HttpConfig {
             max_decompressed_bytes: ByteSize(256 << 20),
             max_connections: 1024,
             idle_timeout: Span(Duration::from_secs(60)),
+            body_timeout: Span(Duration::from_secs(60)),
             tag_header: "FLUENT-TAG".into(),
             default_tag: String::new(),
             time_key: "time".into(),

@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 pub struct State {
     ingest: Arc<Ingest>,
     max_body: usize,
+    body_timeout: Duration,
     max_decompressed: usize,
     tags: TagSource,
     time_key: String,
@@ -178,6 +179,7 @@ impl State {
         State {
             ingest,
             max_body: config.max_body_bytes.0 as usize,
+            body_timeout: config.body_timeout.0,
             max_decompressed: config.max_decompressed_bytes.0 as usize,
             tags: TagSource {
                 header: (!config.tag_header.is_empty())
@@ -333,9 +335,21 @@ impl State {
         })
     }
 
-    /// The body as sent, at most `max_body` bytes.
+    /// The body as sent, at most `max_body` bytes, within `body_timeout`.
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Reject> {
-        match Limited::new(req.into_body(), self.max_body).collect().await {
+        let whole = Limited::new(req.into_body(), self.max_body).collect();
+        let Ok(read) = tokio::time::timeout(self.body_timeout, whole).await else {
+            return Err(Reject::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "slow",
+                format!(
+                    "the request body did not arrive whole within {:?} (http.body_timeout): \
+                     nothing of it was stored; send it again",
+                    self.body_timeout
+                ),
+            ));
+        };
+        match read {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(self.too_large()),
             Err(e) => Err(Reject::new(

@@ -38,7 +38,7 @@ pub use config::HttpConfig;
 use crate::common::net::bind_error;
 use crate::common::shutdown::Shutdown;
 use crate::intake::Ingest;
-use crate::intake::accept::{self, AcceptPolicy, AtCapacity, Drain, Handler, TlsFailure};
+use crate::intake::accept::{self, AcceptPolicy, AtCapacity, Drain, Handler, Place, TlsFailure};
 use crate::intake::tls::ReloadableAcceptor;
 use handler::State;
 use hyper::Request;
@@ -109,6 +109,7 @@ impl HttpServer {
         let policy = AcceptPolicy {
             name: "HTTP",
             connections_metric: "rin_http_connections_total",
+            evicted_metric: "rin_http_connections_evicted_total",
             max_connections: self.max_connections,
             // At the limit new connections wait in the listen backlog.
             at_capacity: AtCapacity::Wait,
@@ -122,11 +123,11 @@ impl HttpServer {
 }
 
 impl Handler for State {
-    async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr, stop: Shutdown)
+    async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr, place: Place, stop: Shutdown)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_connection(stream, peer, self, stop).await
+        serve_connection(stream, peer, self, place, stop).await
     }
 
     fn tls_failed(&self, peer: SocketAddr, failure: TlsFailure) {
@@ -142,9 +143,15 @@ impl Handler for State {
 }
 
 /// Serves one connection with hyper (HTTP/1.1, or HTTP/2 when the client asks) until it
-/// closes; at shutdown, finishes the requests in progress for up to `DRAIN_MAX`.
-async fn serve_connection<I>(io: I, peer: SocketAddr, state: Arc<State>, mut stop: Shutdown)
-where
+/// closes; at shutdown, or when a new connection takes its place at `max_connections`,
+/// finishes the requests in progress (for up to `DRAIN_MAX`) and closes.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    state: Arc<State>,
+    place: Place,
+    mut stop: Shutdown,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -156,10 +163,17 @@ where
     // One writer for the connection's requests (see `buffer`): what one client sends in
     // order stays in order in the objects.
     let source = Arc::new(state.source());
+    let answered = place.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         let source = source.clone();
-        async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer, &source).await) }
+        let answered = answered.clone();
+        async move {
+            let response = state.handle(req, peer, &source).await;
+            // A request answered: the connection keeps its place under the limit.
+            answered.delivered();
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -171,8 +185,11 @@ where
             return;
         }
         _ = stop.wait() => {}
+        _ = place.evicted() => {
+            debug!(%peer, "HTTP at http.max_connections: this connection gives its place to a new one");
+        }
     }
-    // Shutdown: finish the requests in progress, accept no more on this connection.
+    // Shutdown or eviction: finish the requests in progress, accept no more on this connection.
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(DRAIN_MAX, conn).await;
 }
