@@ -6,15 +6,27 @@
 //! budget spent is refused as busy (not acked; the client sends it again). It must never hand
 //! back more than `cap` bytes, whatever the codec, and never let the payloads alive at once
 //! hold more than the budget.
+//!
+//! A payload refused as busy first waits, up to `BUSY_WAIT`, for other payloads to be released
+//! and is tried again ([`Budget::when_room`]): a burst of large frames is then taken in turn
+//! instead of bounced, and only a budget that stays spent refuses.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long a payload that finds the budget spent waits, in all, for room before it is
+/// refused as busy (well inside any client's ack or request timeout).
+pub const BUSY_WAIT: Duration = Duration::from_secs(2);
 
 /// The memory decompressed payloads may hold at once, across every connection.
 #[derive(Debug)]
 pub struct Budget {
     limit: AtomicUsize,
     used: AtomicUsize,
+    /// Woken whenever a payload gives its share back.
+    released: Notify,
 }
 
 /// The process's budget: unlimited until serve sets it from its config.
@@ -25,6 +37,48 @@ impl Budget {
         Budget {
             limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
+            released: Notify::const_new(),
+        }
+    }
+
+    /// Runs `attempt` (a decompression and what reads it) until it is not refused as busy
+    /// (`is_busy`), waiting between tries for other payloads to be released, `wait` in all;
+    /// after that the refusal stands. Counted in `rin_decompress_waits_total{outcome}`.
+    pub async fn when_room<T, E, Attempt>(
+        &self,
+        wait: Duration,
+        is_busy: impl Fn(&E) -> bool,
+        mut attempt: impl FnMut() -> Attempt,
+    ) -> Result<T, E>
+    where
+        Attempt: std::future::Future<Output = Result<T, E>>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut waited = false;
+        loop {
+            // Listening before the attempt: a release between its refusal and the wait is
+            // not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match attempt().await {
+                Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                    waited = true;
+                    // At the deadline: one last try.
+                    let _ = tokio::time::timeout_at(deadline, released).await;
+                }
+                outcome => {
+                    if waited {
+                        let label = match &outcome {
+                            Err(e) if is_busy(e) => "refused",
+                            _ => "admitted",
+                        };
+                        metrics::counter!("rin_decompress_waits_total", "outcome" => label)
+                            .increment(1);
+                    }
+                    return outcome;
+                }
+            }
         }
     }
 
@@ -73,7 +127,10 @@ impl Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        if self.bytes > 0 {
+            self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+            self.budget.released.notify_waiters();
+        }
     }
 }
 
@@ -255,5 +312,55 @@ mod tests {
         assert_eq!(budget.used(), 0);
         let again = decompress_within(&budget, Codec::Gzip, &z, 1 << 20).unwrap();
         assert_eq!(again.data.len(), 600_000);
+    }
+
+    fn is_busy(e: &DecompressError) -> bool {
+        matches!(e, DecompressError::Busy { .. })
+    }
+
+    #[tokio::test]
+    async fn a_busy_payload_waits_for_room_then_is_taken() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(1 << 20)));
+        let z = gzip(&vec![0u8; 600_000]);
+        let first = decompress_within(budget, Codec::Gzip, &z, 1 << 20).unwrap();
+        // The first payload is read for 200 ms, then released.
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(first);
+        });
+        let started = std::time::Instant::now();
+        let mut tries = 0;
+        let second = budget
+            .when_room(Duration::from_secs(10), is_busy, || {
+                tries += 1;
+                std::future::ready(decompress_within(budget, Codec::Gzip, &z, 1 << 20))
+            })
+            .await
+            .unwrap();
+        assert_eq!(second.data.len(), 600_000);
+        assert!(tries >= 2, "taken without waiting: {tries}");
+        // Woken by the release, not by the end of the wait.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_budget_that_stays_spent_refuses_after_the_wait() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(1 << 20)));
+        let z = gzip(&vec![0u8; 600_000]);
+        let _held = decompress_within(budget, Codec::Gzip, &z, 1 << 20).unwrap();
+        let started = std::time::Instant::now();
+        let refused = budget
+            .when_room(Duration::from_millis(300), is_busy, || {
+                std::future::ready(decompress_within(budget, Codec::Gzip, &z, 1 << 20))
+            })
+            .await;
+        assert!(matches!(refused, Err(DecompressError::Busy { .. })));
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
     }
 }

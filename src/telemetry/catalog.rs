@@ -265,6 +265,13 @@ pub const FAMILIES: &[Family] = &[
         "Memory held by decompressed payloads (forward and HTTP) right now.",
     ),
     f(
+        "rin_decompress_waits_total",
+        Counter,
+        Serve,
+        Labels(&[&[("outcome", "admitted")], &[("outcome", "refused")]]),
+        "Payloads that found the decompression budget spent and waited (up to 2 s) for room: admitted once room came, or refused as busy after the wait.",
+    ),
+    f(
         "rin_decompress_budget_bytes",
         Gauge,
         Serve,

@@ -5,6 +5,7 @@
 
 use super::frame::{self, FrameError, Limits};
 use crate::buffer::{Source, StoreError};
+use crate::intake::decompress::{BUDGET, BUSY_WAIT};
 use crate::intake::{Ingest, IngestError, Intake};
 use std::future::Future;
 use std::pin::Pin;
@@ -60,13 +61,23 @@ pub async fn ingest_frame(
     // JSON runs a little larger than msgpack; the vector grows if it must.
     let mut lines = Vec::with_capacity(bytes.len() + bytes.len() / 4 + 256);
     let mut times = target.format.renderer();
-    let result = frame.transcode(
-        &target.format,
-        &mut times,
-        &route.tag_json,
-        limits,
-        &mut lines,
-    )?;
+    // A compressed frame that finds the decompression budget spent waits its turn, briefly.
+    let result = BUDGET
+        .when_room(
+            BUSY_WAIT,
+            |e: &FrameError| e.reason == "busy",
+            || {
+                lines.clear();
+                std::future::ready(frame.transcode(
+                    &target.format,
+                    &mut times,
+                    &route.tag_json,
+                    limits,
+                    &mut lines,
+                ))
+            },
+        )
+        .await?;
     let counters = ingest.inbound(Intake::Forward, route.target);
     counters.events.increment(result.events);
     counters.bytes.increment(bytes.len() as u64);

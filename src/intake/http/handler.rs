@@ -12,6 +12,7 @@ use super::{BLOCKING_BODY, HttpConfig};
 use crate::buffer::{ClaimGuard, Source, StoreError};
 use crate::common::shutdown::Shutdown;
 use crate::common::time::EventTime;
+use crate::intake::decompress::{BUDGET, BUSY_WAIT};
 use crate::intake::transcode::LineFormat;
 use crate::intake::{InboundCounters, Ingest, IngestError, Intake, Route};
 use http_body_util::{BodyExt, Full, Limited};
@@ -148,6 +149,7 @@ impl BodyHead {
 }
 
 /// A request's payload, read and ready to transcode.
+#[derive(Clone)]
 struct Payload {
     encoding: Encoding,
     kind: BodyKind,
@@ -285,9 +287,16 @@ impl State {
             KeyClaim::Store(claim) => claim,
             KeyClaim::AlreadyStored => return Ok(()),
         };
-        let lines = self
-            .clone()
-            .transcode_off_thread_if_large(route.clone(), payload)
+        // A body that finds the decompression budget spent waits its turn, briefly.
+        let lines = BUDGET
+            .when_room(
+                BUSY_WAIT,
+                |r: &Reject| r.reason == "busy",
+                || {
+                    self.clone()
+                        .transcode_off_thread_if_large(route.clone(), payload.clone())
+                },
+            )
             .await?;
         self.store(&route, lines, claim, counters, source).await
     }
