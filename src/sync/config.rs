@@ -322,6 +322,23 @@ impl SyncConfig {
             }
         }
         let bucket = self.bucket();
+        // Redshift's COPY reads pipe-delimited text unless told otherwise: the objects are
+        // NDJSON whose keys are the source's column names (Redshift folds unquoted names to
+        // lower case, so matched ignoring case), with the source's time formats (`auto` takes
+        // both MySQL's `YYYY-MM-DD HH:MM:SS` and PostgreSQL's ISO `T` form), compressed as
+        // configured. The PostgreSQL and SQLite loaders read the objects by their own magic
+        // bytes and ignore this.
+        let sql_option = format!(
+            "JSON 'auto ignorecase' TIMEFORMAT 'auto' {}",
+            match self.compression {
+                Compression::Gzip => "GZIP",
+                Compression::Zstd => "ZSTD",
+            }
+        );
+        let region = match &self.store {
+            StoreConfig::S3(s3) => s3.region.clone(),
+            StoreConfig::Local { .. } => None,
+        };
         let targets: Vec<serde_json::Value> = self
             .tables
             .iter()
@@ -332,12 +349,17 @@ impl SyncConfig {
                 if !schema.is_empty() {
                     redshift["schema"] = schema.into();
                 }
+                let mut s3 = serde_json::json!({
+                    "bucket": bucket,
+                    "key_prefix": format!("{}{}", self.store_prefix(), self.table_prefix(t)),
+                });
+                if let Some(r) = &region {
+                    s3["region"] = r.clone().into();
+                }
                 let mut target = serde_json::json!({
-                    "s3": {
-                        "bucket": bucket,
-                        "key_prefix": format!("{}{}", self.store_prefix(), self.table_prefix(t)),
-                    },
+                    "s3": s3,
                     "redshift": redshift,
+                    "sql_option": sql_option,
                     "insert_mode": t.mode().name(),
                     "break": true,
                 });
@@ -398,6 +420,80 @@ tables:
         assert_eq!(
             (d[0].schema.as_str(), d[0].table.as_str()),
             ("sales", "orders")
+        );
+    }
+
+    /// The statements a Redshift load of one pass's objects runs (inside the ledger's
+    /// transaction), for the keyed default and for APPEND: what the sync config derives.
+    #[test]
+    fn redshift_copy_of_a_pass_golden() {
+        use crate::load::warehouse::redshift::sql::{LoadPlan, load_statements};
+        let config = r#"
+source: {url: "mysql://sync:pw@127.0.0.1:3306/app"}
+warehouse: {host: example.redshift.amazonaws.com, port: 5439, dbname: dw, user: u, password: p}
+store: {type: s3, bucket: dw-sync, prefix: "dw/", region: ap-northeast-1,
+        access_key_id: AKIDEXAMPLE, secret_access_key: SECRETEXAMPLE}
+tables:
+  - {name: app.users, target: public.users, watermark: updated_at}
+  - {name: app.events, target: public.events, mode: APPEND, watermark: id}
+"#;
+        let c = SyncConfig::parse(config).unwrap();
+        let mut zstd = SyncConfig::parse(config).unwrap();
+        zstd.compression = Compression::Zstd;
+        let rin = c
+            .rin_config(
+                &[vec!["id".into()], vec![]],
+                &[Some("updated_at".into()), Some("id".into())],
+            )
+            .unwrap();
+        let key = |t: usize, object: &str| {
+            format!(
+                "{}{}{object}",
+                c.store_prefix(),
+                c.table_prefix(&c.tables[t])
+            )
+        };
+        assert_eq!(key(0, ""), "dw/sync/public.users/");
+        let crate::load::rin::MatchOutcome::Load(d) = rin
+            .route("dw-sync", &key(0, "pass=00000002/000000.json.gz"))
+            .unwrap()
+        else {
+            panic!("no route for a pass object");
+        };
+        let table = d[0].qualified();
+        let manifest = "s3://dw-sync/rin-ship/manifests/m.manifest";
+        let plan = LoadPlan::new(&rin, &rin.targets[d[0].target], &table, manifest);
+        let copy_stage = "/* rin-ship */ COPY rin_ship_stage FROM 's3://dw-sync/rin-ship/manifests/m.manifest' CREDENTIALS 'aws_access_key_id=AKIDEXAMPLE;aws_secret_access_key=****' MANIFEST REGION 'ap-northeast-1' JSON 'auto ignorecase' TIMEFORMAT 'auto' GZIP";
+        assert_eq!(
+            load_statements(&plan, true),
+            vec![
+                "CREATE TEMP TABLE rin_ship_stage (LIKE \"public\".\"users\" INCLUDING DEFAULTS)",
+                copy_stage,
+                "DELETE FROM \"public\".\"users\" USING rin_ship_stage WHERE \"public\".\"users\".\"id\" = rin_ship_stage.\"id\"",
+                "INSERT INTO \"public\".\"users\" SELECT s.* FROM rin_ship_stage s QUALIFY ROW_NUMBER() OVER (PARTITION BY s.\"id\" ORDER BY s.\"updated_at\" DESC NULLS LAST) = 1 OR s.\"id\" IS NULL",
+                "DROP TABLE rin_ship_stage",
+            ]
+        );
+        // zstd objects: the same, with ZSTD.
+        let rin = zstd
+            .rin_config(
+                &[vec!["id".into()], vec![]],
+                &[Some("updated_at".into()), Some("id".into())],
+            )
+            .unwrap();
+        let crate::load::rin::MatchOutcome::Load(d) = rin
+            .route("dw-sync", &key(1, "pass=00000001/000003.json.zst"))
+            .unwrap()
+        else {
+            panic!("no route for a pass object");
+        };
+        let table = d[0].qualified();
+        let plan = LoadPlan::new(&rin, &rin.targets[d[0].target], &table, manifest);
+        assert_eq!(
+            load_statements(&plan, true),
+            vec![
+                "/* rin-ship */ COPY \"public\".\"events\" FROM 's3://dw-sync/rin-ship/manifests/m.manifest' CREDENTIALS 'aws_access_key_id=AKIDEXAMPLE;aws_secret_access_key=****' MANIFEST REGION 'ap-northeast-1' JSON 'auto ignorecase' TIMEFORMAT 'auto' ZSTD"
+            ]
         );
     }
 
