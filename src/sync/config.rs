@@ -28,9 +28,13 @@ pub struct SyncConfig {
     pub warehouse: serde_json::Value,
     /// Where the pass's objects are written before they load (serve's store shape).
     pub store: StoreConfig,
-    /// Time between the starts of two passes of the daemon (`--once` runs one).
-    #[serde(default = "default_every")]
-    pub every: Span,
+    /// Time between the starts of two passes of the daemon (`--once` runs one); default 1h.
+    #[serde(default)]
+    pub every: Option<Span>,
+    /// Instead of `every`: a cron expression (five fields, minute hour day-of-month month
+    /// day-of-week, in the machine's local time zone, `TZ`): a pass starts at each match.
+    #[serde(default)]
+    pub schedule: Option<String>,
     /// The objects' compression: gzip or zstd.
     #[serde(default)]
     pub compression: Compression,
@@ -122,9 +126,42 @@ pub struct TableConfig {
     pub mode: Option<InsertMode>,
 }
 
-fn default_every() -> Span {
-    Span(Duration::from_secs(3600))
+/// When the daemon starts its passes.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Each pass starts this long after the previous one started (at once if it took longer).
+    Every(Duration),
+    /// Each pass starts at the next time the expression matches after the previous one ended
+    /// (a pass longer than the interval skips the matches it overran, never runs twice at once).
+    Cron(Box<croner::Cron>, String),
 }
+
+impl Schedule {
+    /// How long to wait, after a pass that started at `started`, before the next.
+    pub fn wait_after(&self, started: std::time::Instant) -> Duration {
+        match self {
+            Schedule::Every(every) => every.saturating_sub(started.elapsed()),
+            Schedule::Cron(cron, _) => {
+                let now = chrono::Local::now();
+                match cron.find_next_occurrence(&now, false) {
+                    Ok(next) => (next - now).to_std().unwrap_or_default(),
+                    // No later match (an expression for a date past): wait a day, then look again.
+                    Err(_) => Duration::from_secs(86_400),
+                }
+            }
+        }
+    }
+
+    /// For the start-up log line.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(every) => format!("every {}", humantime::format_duration(*every)),
+            Schedule::Cron(_, text) => format!("on the cron schedule {text:?} (local time)"),
+        }
+    }
+}
+
+const DEFAULT_EVERY: Duration = Duration::from_secs(3600);
 fn default_rows_per_object() -> u64 {
     500_000
 }
@@ -206,7 +243,35 @@ impl SyncConfig {
         Ok(cfg)
     }
 
+    /// The daemon's schedule: `schedule` (cron) or `every` (default 1h); refused when both.
+    pub fn schedule(&self) -> Result<Schedule> {
+        match (&self.schedule, self.every) {
+            (Some(_), Some(_)) => bail!(
+                "schedule and every are both set: keep one (schedule: a cron expression such \
+                 as \"0 3 * * *\"; every: an interval such as 1h)"
+            ),
+            (Some(text), None) => {
+                let cron = text.parse::<croner::Cron>().map_err(|e| {
+                    anyhow!(
+                        "schedule {text:?}: {e} (expected five fields: minute hour \
+                         day-of-month month day-of-week, e.g. \"0 3 * * *\" for 03:00 every day, \
+                         \"*/15 * * * *\" for every 15 minutes)"
+                    )
+                })?;
+                Ok(Schedule::Cron(Box::new(cron), text.clone()))
+            }
+            (None, every) => {
+                let every = every.map_or(DEFAULT_EVERY, |s| s.0);
+                if every.is_zero() {
+                    bail!("every: 0s would run passes back to back; write e.g. 1h");
+                }
+                Ok(Schedule::Every(every))
+            }
+        }
+    }
+
     fn validate(&self) -> Result<()> {
+        self.schedule()?;
         if !(self.source.url.starts_with("mysql://") || self.source.url.starts_with("postgres")) {
             bail!(
                 "source.url: expected mysql://user:password@host:port/db or \
@@ -495,6 +560,27 @@ tables:
                 "/* rin-ship */ COPY \"public\".\"events\" FROM 's3://dw-sync/rin-ship/manifests/m.manifest' CREDENTIALS 'aws_access_key_id=AKIDEXAMPLE;aws_secret_access_key=****' MANIFEST REGION 'ap-northeast-1' JSON 'auto ignorecase' TIMEFORMAT 'auto' ZSTD"
             ]
         );
+    }
+
+    #[test]
+    fn the_schedule_is_every_or_a_cron_expression() {
+        let c = SyncConfig::parse(CONFIG).unwrap();
+        assert!(matches!(c.schedule().unwrap(), Schedule::Every(d) if d == DEFAULT_EVERY));
+        let with = |line: &str| SyncConfig::parse(&format!("{line}\n{CONFIG}"));
+        let c = with("schedule: \"*/15 * * * *\"").unwrap();
+        let wait = c.schedule().unwrap().wait_after(std::time::Instant::now());
+        assert!(wait <= Duration::from_secs(15 * 60), "{wait:?}");
+        assert!(with("every: 10m").unwrap().schedule().unwrap().describe() == "every 10m");
+        let e = format!("{:#}", with("schedule: \"61 * * * *\"").unwrap_err());
+        assert!(
+            e.contains("schedule \"61 * * * *\"") && e.contains("0 3 * * *"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            with("every: 1h\nschedule: \"0 3 * * *\"").unwrap_err()
+        );
+        assert!(e.contains("keep one"), "{e}");
     }
 
     #[test]

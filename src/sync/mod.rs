@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 /// `rin-ship sync`'s arguments.
 pub struct SyncArgs {
@@ -105,15 +105,20 @@ async fn run(cfg: SyncConfig, args: SyncArgs) -> Result<()> {
             Err(anyhow!("some tables did not sync (see the errors above)"))
         };
     }
-    let every = cfg.every.0;
-    info!(every = ?every, tables = cfg.tables.len(), "sync: running every {}", humantime::format_duration(every));
+    let schedule = cfg.schedule()?;
+    info!(
+        tables = cfg.tables.len(),
+        "sync: running {}",
+        schedule.describe()
+    );
     let mut stop = Box::pin(shutdown::signal());
     loop {
         let started = Instant::now();
         if let Err(e) = one_round(&cfg).await {
             error!("sync: {e:#}");
         }
-        let wait = every.saturating_sub(started.elapsed());
+        let wait = schedule.wait_after(started);
+        debug!("sync: next pass in {}", humantime::format_duration(wait));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = &mut stop => {
