@@ -502,35 +502,35 @@ tables:
   - {name: app.users, target: public.users, watermark: updated_at}
   - {name: app.events, target: public.events, mode: APPEND, watermark: id}
 "#;
-        let c = SyncConfig::parse(config).unwrap();
+        let gzip = SyncConfig::parse(config).unwrap();
         let mut zstd = SyncConfig::parse(config).unwrap();
         zstd.compression = Compression::Zstd;
-        let rin = c
-            .rin_config(
-                &[vec!["id".into()], vec![]],
-                &[Some("updated_at".into()), Some("id".into())],
-            )
-            .unwrap();
-        let key = |t: usize, object: &str| {
-            format!(
+        let manifest = "s3://dw-sync/rin-ship/manifests/m.manifest";
+        // The statements that load object `object` of table `t` under config `c`.
+        let statements = |c: &SyncConfig, t: usize, object: &str| {
+            let rin = c
+                .rin_config(
+                    &[vec!["id".into()], vec![]],
+                    &[Some("updated_at".into()), Some("id".into())],
+                )
+                .unwrap();
+            let key = format!(
                 "{}{}{object}",
                 c.store_prefix(),
                 c.table_prefix(&c.tables[t])
-            )
+            );
+            let crate::load::rin::MatchOutcome::Load(d) = rin.route("dw-sync", &key).unwrap()
+            else {
+                panic!("no route for {key}");
+            };
+            let table = d[0].qualified();
+            let plan = LoadPlan::new(&rin, &rin.targets[d[0].target], &table, manifest);
+            load_statements(&plan, true)
         };
-        assert_eq!(key(0, ""), "dw/sync/public.users/");
-        let crate::load::rin::MatchOutcome::Load(d) = rin
-            .route("dw-sync", &key(0, "pass=00000002/000000.json.gz"))
-            .unwrap()
-        else {
-            panic!("no route for a pass object");
-        };
-        let table = d[0].qualified();
-        let manifest = "s3://dw-sync/rin-ship/manifests/m.manifest";
-        let plan = LoadPlan::new(&rin, &rin.targets[d[0].target], &table, manifest);
+        assert_eq!(gzip.table_prefix(&gzip.tables[0]), "sync/public.users/");
         let copy_stage = "/* rin-ship */ COPY rin_ship_stage FROM 's3://dw-sync/rin-ship/manifests/m.manifest' CREDENTIALS 'aws_access_key_id=AKIDEXAMPLE;aws_secret_access_key=****' MANIFEST REGION 'ap-northeast-1' JSON 'auto ignorecase' TIMEFORMAT 'auto' GZIP";
         assert_eq!(
-            load_statements(&plan, true),
+            statements(&gzip, 0, "pass=00000002/000000.json.gz"),
             vec![
                 "CREATE TEMP TABLE rin_ship_stage (LIKE \"public\".\"users\" INCLUDING DEFAULTS)",
                 copy_stage,
@@ -539,23 +539,9 @@ tables:
                 "DROP TABLE rin_ship_stage",
             ]
         );
-        // zstd objects: the same, with ZSTD.
-        let rin = zstd
-            .rin_config(
-                &[vec!["id".into()], vec![]],
-                &[Some("updated_at".into()), Some("id".into())],
-            )
-            .unwrap();
-        let crate::load::rin::MatchOutcome::Load(d) = rin
-            .route("dw-sync", &key(1, "pass=00000001/000003.json.zst"))
-            .unwrap()
-        else {
-            panic!("no route for a pass object");
-        };
-        let table = d[0].qualified();
-        let plan = LoadPlan::new(&rin, &rin.targets[d[0].target], &table, manifest);
+        // APPEND of zstd objects: the COPY straight into the table, with ZSTD.
         assert_eq!(
-            load_statements(&plan, true),
+            statements(&zstd, 1, "pass=00000001/000003.json.zst"),
             vec![
                 "/* rin-ship */ COPY \"public\".\"events\" FROM 's3://dw-sync/rin-ship/manifests/m.manifest' CREDENTIALS 'aws_access_key_id=AKIDEXAMPLE;aws_secret_access_key=****' MANIFEST REGION 'ap-northeast-1' JSON 'auto ignorecase' TIMEFORMAT 'auto' ZSTD"
             ]
