@@ -250,9 +250,12 @@ fn main() -> ExitCode {
         debug,
     };
     let logging = match &cli.command {
-        // Log lines are written around its progress bar.
+        // Log lines are written around their progress bars.
         #[cfg(all(feature = "s3", feature = "sqs"))]
         Command::Backfill { .. } => ops::backfill::init_logging(&logging),
+        Command::Sync { .. } => {
+            telemetry::init_logging_to(&logging, || telemetry::progress::BarWriter)
+        }
         _ => telemetry::init_logging(&logging),
     };
     if let Err(e) = logging {

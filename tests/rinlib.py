@@ -10,6 +10,7 @@ import datetime as _dt
 import gzip
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -22,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import msgpack
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -646,3 +648,28 @@ def metric_lines(text: str, *needles: str) -> list[tuple[str, float]]:
             except ValueError:
                 pass
     return out
+
+
+class Tmux:
+    """A tmux server of the test's own (its own socket), so nothing else is touched. Tests of
+    what a user sees on a terminal (rin-ship top, progress bars) run the binary in its pane."""
+
+    def __init__(self, name: str):
+        if not shutil.which("tmux"):
+            pytest.fail("tmux is missing: install it with `apt-get install -y tmux` "
+                        "(tests/run does)")
+        self.sock = name
+
+    def __call__(self, *args, check=True) -> str:
+        p = subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null", *args],
+                           capture_output=True, text=True, timeout=20)
+        if check:
+            assert p.returncode == 0, (args, p.stderr)
+        return p.stdout
+
+    def screen(self, target: str = "top") -> str:
+        return self("capture-pane", "-p", "-t", target)
+
+    def kill(self):
+        self("kill-server", check=False)
+

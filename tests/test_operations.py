@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadlib import (Importer, make_queue, pg_server, pgdb, rin_config,  # noqa: F401
                      wait_for)
-from rinlib import Fwd, T0, free_port, port_open, rin_ship_bin
+from rinlib import Fwd, T0, Tmux, free_port, port_open, rin_ship_bin
 from test_embedded import (Bare, bare, connect_ro, lean_bin, query,  # noqa: F401 (bare: fixture)
                            table_rows, wait_rows)
 
@@ -330,29 +330,6 @@ def test_version_names_commit_date_and_features():
 # ---------------------------------------------------------------------------------------------
 # rin-ship top, under tmux
 # ---------------------------------------------------------------------------------------------
-
-
-class Tmux:
-    """A tmux server of this test's own (its own socket), so nothing else is touched."""
-
-    def __init__(self, name: str):
-        if not shutil.which("tmux"):
-            pytest.fail("tmux is missing: install it with `apt-get install -y tmux` "
-                        "(tests/run does)")
-        self.sock = name
-
-    def __call__(self, *args, check=True) -> str:
-        p = subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null", *args],
-                           capture_output=True, text=True, timeout=20)
-        if check:
-            assert p.returncode == 0, (args, p.stderr)
-        return p.stdout
-
-    def screen(self) -> str:
-        return self("capture-pane", "-p", "-t", "top")
-
-    def kill(self):
-        self("kill-server", check=False)
 
 
 def test_top_under_tmux_against_a_running_serve(bare):

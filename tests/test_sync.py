@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -24,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 
 from loadlib import *  # noqa: F401,F403  (pg_server, pgdb)
-from rinlib import free_port, rin_ship_bin
+from rinlib import Tmux, free_port, rin_ship_bin
 
 MARIADB_INSTALL = "apt-get install -y mariadb-server"
 
@@ -32,10 +33,12 @@ MARIADB_INSTALL = "apt-get install -y mariadb-server"
 class MariaDB:
     """A throw-away MariaDB server on 127.0.0.1 (user `sync`, password `pw`)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()):
         self.dir = Path(workdir)
         self.port = free_port()
         self.proc = None
+        # More `mariadbd` options (the benchmark's `--secure-file-priv`).
+        self.extra_args = tuple(extra_args)
 
     def start(self):
         for tool in ("mariadbd", "mariadb-install-db", "mariadb"):
@@ -49,7 +52,7 @@ class MariaDB:
             ["mariadbd", "--user=mysql", f"--datadir={self.dir}/data", f"--socket={self.dir}/sock",
              f"--port={self.port}", "--bind-address=127.0.0.1", f"--log-error={self.dir}/err",
              f"--pid-file={self.dir}/pid", "--innodb-flush-log-at-trx-commit=0",
-             "--skip-log-bin"])
+             "--skip-log-bin", *self.extra_args])
         deadline = time.time() + 60
         while time.time() < deadline:
             if subprocess.run(["mariadb", "-S", f"{self.dir}/sock", "-u", "root", "-e", "SELECT 1"],
@@ -85,15 +88,20 @@ class MariaDB:
                                  db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="session")
-def mariadb():
+def start_mariadb(*extra_args: str) -> MariaDB:
+    """A started server in a fresh temp dir (not under pytest's: the server runs as `mysql`).
+    The caller stops it and removes `m.dir.parent`."""
     d = tempfile.mkdtemp(prefix="rin-ship-mariadb-")
     os.chmod(d, 0o755)
-    m = MariaDB(Path(d) / "m")
-    m.start()
+    return MariaDB(Path(d) / "m", extra_args).start()
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    m = start_mariadb()
     yield m
     m.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(m.dir.parent, ignore_errors=True)
 
 
 @pytest.fixture
@@ -388,3 +396,37 @@ def test_postgres_source_to_sqlite(pg_server, tmp_path):
     assert_same(source(), got)
     # OVERWRITE_EXISTING on the key: no row twice.
     assert db.execute("SELECT count(*), count(DISTINCT id) FROM items").fetchone() == (5000, 5000)
+
+
+def test_progress_bar_on_a_terminal_under_tmux(mariadb, mysqldb, pgdb, tmp_path):
+    """On a terminal, a pass draws a bar per table (rows of about how many, MiB, objects) and
+    leaves its last state on screen; the JSON summary follows on stdout."""
+    n = 60_000
+    fill_orders(mariadb, mysqldb, n)
+    cfg = write_config(tmp_path, mysql_url(mariadb, mysqldb), pg_warehouse(pgdb),
+                       [{"name": "orders", "watermark": "updated_at"}], rows_per_object=25_000)
+    tmux = Tmux(f"rin-sync-{os.getpid()}")
+    try:
+        tmux("new-session", "-d", "-s", "sync", "-x", "150", "-y", "40")
+        tmux("set-option", "-g", "remain-on-exit", "on")
+        tmux("set-environment", "-g", "SYNC_TEST_PASSWORD", "pw")
+        tmux("respawn-pane", "-k", "-t", "sync",
+             f"env SYNC_TEST_PASSWORD=pw {rin_ship_bin()} sync --once -c {cfg}")
+
+        def exit_status():
+            dead, _, code = tmux("display-message", "-p", "-t", "sync",
+                                 "#{pane_dead}:#{pane_dead_status}").strip().partition(":")
+            return code if dead == "1" and code else None
+
+        status = wait_for(exit_status, 120, "sync --once to finish in its pane")
+        screen = tmux.screen("sync")
+        print(screen)
+        assert status == "0", screen
+        total = f"{n + 2:,}"
+        bar = re.search(rf"^orders \[\d\d:\d\d:\d\d\] =+ {total}/~{total} rows, \d+ MiB, 3 objects, ETA",
+                        screen, re.M)
+        assert bar, screen
+        assert '{"ok":true' in screen.replace(" ", ""), screen
+    finally:
+        tmux.kill()
+    assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))

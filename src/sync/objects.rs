@@ -4,6 +4,9 @@
 //! a crash before its watermark moved) writes the same keys again, so a store never collects
 //! the leftovers of an interrupted pass beside its redo.
 //!
+//! It also shows the read's progress: a bar on a terminal (rows of about how many, bytes,
+//! objects, ETA; its last state stays on screen), else a log line every few seconds.
+//!
 //! Must never: report an object as written before the store confirmed it; keep more than one
 //! object's work file on disk.
 
@@ -11,6 +14,7 @@ use super::config::Compression;
 use crate::common::codec::Codec;
 use crate::store::{Store, Stored};
 use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -68,13 +72,45 @@ pub struct ObjectWriter<'a> {
     progress: Progress,
 }
 
-/// A log line every few seconds of a long read (rows, bytes, rate, ETA when the source gave
-/// an estimate of the table's rows).
+/// The read's progress: a bar on a terminal, else a log line every few seconds (rows, bytes,
+/// rate, ETA when the source gave an estimate of the table's rows); a line when it ends.
 struct Progress {
     table: String,
     estimate: Option<u64>,
     started: Instant,
     last: Instant,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn start(table: &str, estimate: Option<u64>) -> Progress {
+        info!(table, of_about = estimate, "sync: reading");
+        let bar = crate::telemetry::progress::terminal_bar().inspect(|bar| {
+            let template = match estimate {
+                Some(rows) => {
+                    bar.set_length(rows.max(1));
+                    "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/~{human_len} rows, {msg}, ETA {eta}"
+                }
+                None => "{spinner} {prefix} [{elapsed_precise}] {human_pos} rows, {msg}",
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(table.to_string());
+            bar.set_message("0 MiB, 0 objects");
+            bar.enable_steady_tick(Duration::from_millis(200));
+        });
+        let now = Instant::now();
+        Progress {
+            table: table.to_string(),
+            estimate,
+            started: now,
+            last: now,
+            bar,
+        }
+    }
 }
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -89,15 +125,9 @@ impl<'a> ObjectWriter<'a> {
         table: &str,
         estimate: Option<u64>,
     ) -> ObjectWriter<'a> {
-        let now = Instant::now();
         ObjectWriter {
             rows: 0,
-            progress: Progress {
-                table: table.to_string(),
-                estimate,
-                started: now,
-                last: now,
-            },
+            progress: Progress::start(table, estimate),
             store,
             key_base,
             compression,
@@ -131,8 +161,13 @@ impl<'a> ObjectWriter<'a> {
         cur.rows += 1;
         let full = cur.rows >= self.rows_per_object;
         self.rows += 1;
-        if self.rows.is_multiple_of(4096) && self.progress.last.elapsed() >= PROGRESS_EVERY {
-            self.report();
+        if self.rows.is_multiple_of(4096) {
+            if let Some(bar) = &self.progress.bar {
+                bar.set_position(self.rows);
+                bar.set_message(self.progress_message());
+            } else if self.progress.last.elapsed() >= PROGRESS_EVERY {
+                self.report();
+            }
         }
         if full {
             self.put_current().await?;
@@ -143,7 +178,32 @@ impl<'a> ObjectWriter<'a> {
     /// Puts the last, partly filled object. Returns every object of the pass.
     pub async fn finish(mut self) -> Result<Vec<Written>> {
         self.put_current().await?;
+        let s = self.progress.started.elapsed().as_secs_f64();
+        if let Some(bar) = &self.progress.bar {
+            // The estimate was only that: the bar ends full, at the rows read.
+            bar.set_length(self.rows.max(1));
+            bar.set_position(self.rows);
+            bar.set_message(self.progress_message());
+            bar.finish();
+        }
+        info!(
+            table = %self.progress.table,
+            rows = self.rows,
+            objects = self.written.len(),
+            seconds = format!("{s:.1}"),
+            rows_per_second = (self.rows as f64 / s.max(1e-3)) as u64,
+            "sync: read"
+        );
         Ok(std::mem::take(&mut self.written))
+    }
+
+    fn progress_message(&self) -> String {
+        format!(
+            "{} MiB, {} object{}",
+            self.raw_bytes >> 20,
+            self.written.len(),
+            if self.written.len() == 1 { "" } else { "s" }
+        )
     }
 
     fn report(&mut self) {

@@ -97,11 +97,9 @@ pub async fn run_table(
         &t.name,
         estimate,
     );
-    let progress = Progress::new(&t.name);
     summary.rows = source.stream(&query, &mut writer).await?;
     summary.raw_bytes = writer.raw_bytes;
     let written = writer.finish().await?;
-    progress.done(summary.rows);
     summary.objects = written.len();
     summary.bytes = written.iter().map(|w| w.size).sum();
     let watermark = newest.or(state.watermark.clone());
@@ -239,32 +237,4 @@ async fn load_all(sync: &Sync, p: &Pending) -> Result<()> {
         p.pass,
         left[0].key
     )
-}
-
-/// A log line when a pass ends (and, on a terminal, nothing more: the rows are counted in the
-/// summary).
-struct Progress {
-    table: String,
-    started: Instant,
-}
-
-impl Progress {
-    fn new(table: &str) -> Progress {
-        info!(table, "sync: reading");
-        Progress {
-            table: table.to_string(),
-            started: Instant::now(),
-        }
-    }
-
-    fn done(&self, rows: u64) {
-        let s = self.started.elapsed().as_secs_f64();
-        info!(
-            table = %self.table,
-            rows,
-            seconds = format!("{s:.1}"),
-            rows_per_second = (rows as f64 / s.max(1e-3)) as u64,
-            "sync: read"
-        );
-    }
 }

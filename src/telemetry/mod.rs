@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod health;
 pub mod logging;
+pub mod progress;
 
 pub use health::Health;
 pub use logging::{LogFormat, LogSettings};
@@ -64,7 +65,6 @@ pub fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
 
 /// [`init_logging`], writing each line through `writer` (which must end up on stderr: a
 /// progress bar lifts itself around the line, say).
-#[cfg_attr(not(all(feature = "s3", feature = "sqs")), allow(dead_code))]
 pub fn init_logging_to<W>(settings: &LogSettings, writer: W) -> anyhow::Result<()>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,

@@ -1,10 +1,9 @@
 //! What a backfill shows while it runs: a progress bar on a terminal's stderr (log lines are
-//! written around it, [`BarWriter`]), else a log line every few seconds.
+//! written around it, `telemetry::progress::BarWriter`), else a log line every few seconds.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tracing::info;
 
@@ -72,29 +71,6 @@ impl Progress {
     }
 }
 
-/// The progress bar, once drawn: log lines are written around it (see [`init_logging`]).
-static BAR: OnceLock<ProgressBar> = OnceLock::new();
-
-pub struct BarWriter;
-
-impl Write for BarWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match BAR.get().filter(|b| !b.is_hidden() && !b.is_finished()) {
-            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)),
-            None => std::io::stderr().write_all(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
 /// The progress bar on a terminal (log lines are written around it), else a log line every
 /// [`LOG_EVERY`].
 pub struct Display {
@@ -104,16 +80,15 @@ pub struct Display {
 
 impl Display {
     pub fn start(bucket: &str, prefix: &str, progress: Arc<Progress>, started: Instant) -> Display {
-        let terminal = std::io::stderr().is_terminal();
-        let bar = if terminal {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let terminal_bar = crate::telemetry::progress::terminal_bar();
+        let terminal = terminal_bar.is_some();
+        let bar = if let Some(bar) = terminal_bar {
             bar.set_style(
                 ProgressStyle::with_template("{spinner} listing s3://{prefix}: {pos} objects")
                     .expect("a valid template"),
             );
             bar.set_prefix(format!("{bucket}/{prefix}"));
             bar.enable_steady_tick(Duration::from_millis(200));
-            let _ = BAR.set(bar.clone());
             bar
         } else {
             ProgressBar::hidden()
