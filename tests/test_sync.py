@@ -225,6 +225,8 @@ def test_mariadb_to_postgres_snapshot_then_incremental(mariadb, mysqldb, pgdb, t
     assert s["ok"] and t["rows"] == n + 2 and t["objects"] == 4 and not t["incremental"], s
     assert t["target_check"]["created"], t
     assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))
+    # The newest updated_at is a few seconds old by the source's own clock.
+    assert 0 <= t["watermark_lag_seconds"] < 600, t
     # The password came from ${SYNC_TEST_PASSWORD} and appears nowhere.
     assert ":pw@" not in s["_stderr"]
 
@@ -418,9 +420,11 @@ def test_progress_bar_on_a_terminal_under_tmux(mariadb, mysqldb, pgdb, tmp_path)
                                  "#{pane_dead}:#{pane_dead_status}").strip().partition(":")
             return code if dead == "1" and code else None
 
-        status = wait_for(exit_status, 120, "sync --once to finish in its pane")
-        screen = tmux.screen("sync")
-        print(screen)
+        try:
+            status = wait_for(exit_status, 240, "sync --once to finish in its pane")
+        finally:
+            screen = tmux.screen("sync")
+            print(screen)
         assert status == "0", screen
         total = f"{n + 2:,}"
         bar = re.search(rf"^orders \[\d\d:\d\d:\d\d\] =+ {total}/~{total} rows, \d+ MiB, 3 objects, ETA",
@@ -429,4 +433,40 @@ def test_progress_bar_on_a_terminal_under_tmux(mariadb, mysqldb, pgdb, tmp_path)
         assert '{"ok":true' in screen.replace(" ", ""), screen
     finally:
         tmux.kill()
+    assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))
+
+
+def test_daemon_metrics_through_a_real_scrape(mariadb, mysqldb, pgdb, tmp_path):
+    """The daemon (no --once) on its schedule, its /metrics scraped over HTTP after the first
+    pass: rows per table, when the last pass ended, how far the watermark lags; SIGTERM stops
+    it with status 0."""
+    import urllib.request
+
+    n = 5_000
+    fill_orders(mariadb, mysqldb, n)
+    port = free_port()
+    cfg = write_config(tmp_path, mysql_url(mariadb, mysqldb), pg_warehouse(pgdb),
+                       [{"name": "orders", "watermark": "updated_at"}],
+                       schedule="0 3 * * *", metrics_bind=f"127.0.0.1:{port}")
+    proc = subprocess.Popen([str(rin_ship_bin()), "sync", "-c", str(cfg)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def scraped():
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                return None
+            return text if re.search(r'^rin_sync_rows_total\{table="orders"\} [1-9]', text, re.M) else None
+
+        text = wait_for(scraped, 120, "the first pass's rows in /metrics")
+        sample = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^(rin_sync_\w+)\{table="orders"\} (\S+)$', text, re.M)}
+        assert sample["rin_sync_rows_total"] == n + 2, text
+        assert abs(sample["rin_sync_last_pass_timestamp_seconds"] - time.time()) < 120, text
+        assert 0 <= sample["rin_sync_watermark_lag_seconds"] < 600, text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert 'on the cron schedule "0 3 * * *"' in err, err[-3000:]
     assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))

@@ -33,6 +33,8 @@ pub struct TableSummary {
     pub incremental: bool,
     pub watermark_from: Option<String>,
     pub watermark_to: Option<String>,
+    /// How far the newest watermark was behind the source's clock when the pass began.
+    pub watermark_lag_seconds: Option<f64>,
     pub rows: u64,
     pub objects: usize,
     pub bytes: u64,
@@ -102,7 +104,7 @@ pub async fn run_table(
     let written = writer.finish().await?;
     summary.objects = written.len();
     summary.bytes = written.iter().map(|w| w.size).sum();
-    let watermark = newest.or(state.watermark.clone());
+    let watermark = newest.watermark.or(state.watermark.clone());
     summary.watermark_to = watermark.clone();
     if written.is_empty() {
         info!(table = %t.name, pass, "sync: no rows changed since the last pass");
@@ -123,6 +125,12 @@ pub async fn run_table(
     metrics::counter!("rin_sync_rows_total", "table" => t.target_name()).increment(summary.rows);
     metrics::histogram!("rin_sync_pass_duration_seconds", "table" => t.target_name())
         .record(summary.seconds);
+    metrics::gauge!("rin_sync_last_pass_timestamp_seconds", "table" => t.target_name())
+        .set(crate::telemetry::unix_now());
+    if let Some(lag) = newest.lag_seconds {
+        metrics::gauge!("rin_sync_watermark_lag_seconds", "table" => t.target_name()).set(lag);
+    }
+    summary.watermark_lag_seconds = newest.lag_seconds.map(|l| (l * 10.0).round() / 10.0);
     Ok(summary)
 }
 

@@ -581,6 +581,20 @@ pub const FAMILIES: &[Family] = &[
         "Passes that failed (the next pass retries; the state keeps what was stored), by table.",
     ),
     f(
+        "rin_sync_last_pass_timestamp_seconds",
+        Gauge,
+        Sync,
+        FromConfig,
+        "When the last pass of a table finished (Unix seconds), by table: alert when it is older than the schedule.",
+    ),
+    f(
+        "rin_sync_watermark_lag_seconds",
+        Gauge,
+        Sync,
+        FromConfig,
+        "How far the newest watermark was behind the source's own clock when the last pass began (time watermarks only), by table: how stale the warehouse copy is at most, plus the pass's duration.",
+    ),
+    f(
         "rin_sync_unmapped_columns_total",
         Counter,
         Sync,

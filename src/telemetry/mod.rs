@@ -120,20 +120,20 @@ fn register(parts: &[Part]) {
     }
     metrics::gauge!("rin_build_info", "version" => VERSION, "commit" => COMMIT, "features" => FEATURES)
         .set(1.0);
-    let started = std::time::SystemTime::now()
+    metrics::gauge!("process_start_time_seconds").set(unix_now().floor());
+}
+
+/// The current Unix time in seconds (0 on a clock before 1970).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    metrics::gauge!("process_start_time_seconds").set(started.floor());
+        .unwrap_or(0.0)
 }
 
 /// Sets a gauge to the current Unix time (the `rin_last_*_timestamp_seconds` family).
 pub fn set_to_now(gauge: &'static str) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    metrics::gauge!(gauge).set(now);
+    metrics::gauge!(gauge).set(unix_now());
 }
 
 /// Something read at each scrape (an age, a queue's depth) and set as a gauge.

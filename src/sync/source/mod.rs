@@ -97,6 +97,16 @@ pub struct PassQuery<'a> {
 }
 
 /// An open connection to the source.
+/// The newest watermark in a pass's snapshot.
+#[derive(Debug, Default)]
+pub struct Newest {
+    /// As the source prints it; `None`: no rows, or no watermark column.
+    pub watermark: Option<String>,
+    /// How far it is behind the source's clock, in seconds, for a time watermark (computed by
+    /// the source, in its own time zone: no guess about what zone a `DATETIME` is in).
+    pub lag_seconds: Option<f64>,
+}
+
 pub enum Source {
     #[cfg(feature = "mysql")]
     Mysql(mysql::MysqlSource),
@@ -155,8 +165,8 @@ impl Source {
     }
 
     /// Starts a pass: a consistent snapshot the pass's reads share, and the newest watermark
-    /// in it (`None`: no rows, or no watermark column).
-    pub async fn begin(&mut self, q: &PassQuery<'_>) -> Result<Option<String>> {
+    /// in it.
+    pub async fn begin(&mut self, q: &PassQuery<'_>) -> Result<Newest> {
         match self {
             #[cfg(feature = "mysql")]
             Source::Mysql(s) => s.begin(q).await,

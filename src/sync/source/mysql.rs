@@ -11,7 +11,7 @@
 //! Must never: interpolate a watermark into SQL (it is a bound parameter); hold a result set
 //! in memory.
 
-use super::{Column, Kind, PassQuery, TableSchema, key_prefixes, push_json_str};
+use super::{Column, Kind, Newest, PassQuery, TableSchema, key_prefixes, push_json_str};
 use crate::sync::config::{Overlap, SourceConfig, Tls};
 use crate::sync::objects::ObjectWriter;
 use anyhow::{Context, Result, anyhow};
@@ -134,28 +134,37 @@ impl MysqlSource {
         n.flatten()
     }
 
-    pub async fn begin(&mut self, q: &PassQuery<'_>) -> Result<Option<String>> {
+    pub async fn begin(&mut self, q: &PassQuery<'_>) -> Result<Newest> {
         self.conn
             .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .await
             .with_context(|| format!("starting a snapshot on {}", self.what))?;
         let Some(wm) = q.watermark else {
-            return Ok(None);
+            return Ok(Newest::default());
+        };
+        let column = quote(&wm.name);
+        let lag = if wm.kind.is_time() {
+            format!("TIMESTAMPDIFF(MICROSECOND, MAX({column}), NOW(6)) / 1e6")
+        } else {
+            "NULL".to_string()
         };
         let sql = format!(
-            "SELECT CAST(MAX({}) AS CHAR) FROM {}{}",
-            quote(&wm.name),
+            "SELECT CAST(MAX({column}) AS CHAR), CAST({lag} AS DOUBLE) FROM {}{}",
             quote_table(q.table),
             q.filter
                 .map(|f| format!(" WHERE ({f})"))
                 .unwrap_or_default()
         );
-        let max: Option<Option<String>> = self
+        let row: Option<(Option<String>, Option<f64>)> = self
             .conn
             .exec_first(sql, ())
             .await
             .with_context(|| format!("reading the newest {} of {}", wm.name, q.table))?;
-        Ok(max.flatten())
+        let (watermark, lag_seconds) = row.unwrap_or_default();
+        Ok(Newest {
+            watermark,
+            lag_seconds,
+        })
     }
 
     pub async fn stream(&mut self, q: &PassQuery<'_>, out: &mut ObjectWriter<'_>) -> Result<u64> {

@@ -9,7 +9,7 @@
 //! Must never: interpolate a watermark into SQL (bound parameters); put a name into SQL other
 //! than through `quote_ident`.
 
-use super::{Column, Kind, PassQuery, TableSchema};
+use super::{Column, Kind, Newest, PassQuery, TableSchema};
 use crate::load::rin::quote_ident;
 use crate::sync::config::{Overlap, SourceConfig, Tls};
 use crate::sync::objects::ObjectWriter;
@@ -139,17 +139,24 @@ impl PgSource {
         u64::try_from(n).ok()
     }
 
-    pub async fn begin(&mut self, q: &PassQuery<'_>) -> Result<Option<String>> {
+    pub async fn begin(&mut self, q: &PassQuery<'_>) -> Result<Newest> {
         self.client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .with_context(|| format!("starting a snapshot on {}", self.what))?;
         let Some(wm) = q.watermark else {
-            return Ok(None);
+            return Ok(Newest::default());
+        };
+        let column = quote_ident(&wm.name);
+        // now() is the transaction's start: the snapshot's own clock. (A `date` or
+        // `timestamp` column is read in the session's time zone, as it was written.)
+        let lag = if wm.kind.is_time() {
+            format!("EXTRACT(EPOCH FROM (now() - MAX({column})))::float8")
+        } else {
+            "NULL::float8".to_string()
         };
         let sql = format!(
-            "SELECT MAX({})::text FROM {}{}",
-            quote_ident(&wm.name),
+            "SELECT MAX({column})::text, {lag} FROM {}{}",
             quote_table(q.table),
             q.filter
                 .map(|f| format!(" WHERE ({f})"))
@@ -160,7 +167,10 @@ impl PgSource {
             .query_one(sql.as_str(), &[])
             .await
             .with_context(|| format!("reading the newest {} of {}", wm.name, q.table))?;
-        Ok(row.get(0))
+        Ok(Newest {
+            watermark: row.get(0),
+            lag_seconds: row.get(1),
+        })
     }
 
     pub async fn stream(&mut self, q: &PassQuery<'_>, out: &mut ObjectWriter<'_>) -> Result<u64> {
