@@ -470,3 +470,23 @@ def test_daemon_metrics_through_a_real_scrape(mariadb, mysqldb, pgdb, tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert 'on the cron schedule "0 3 * * *"' in err, err[-3000:]
     assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))
+
+
+def test_maintenance_after_a_pass_that_changed_many_rows(mariadb, mysqldb, pgdb, tmp_path):
+    """A pass that loads at least maintain_after_rows rows is followed by a maintenance round
+    over its table (ANALYZE here, as PostgreSQL's statistics call for); a pass that changed
+    little is not."""
+    n = 20_000
+    fill_orders(mariadb, mysqldb, n)
+    cfg = write_config(tmp_path, mysql_url(mariadb, mysqldb), pg_warehouse(pgdb),
+                       [{"name": "orders", "watermark": "updated_at"}],
+                       maintain_after_rows=10_000, maintenance={"analyze_stats_off_pct": 1})
+    s = sync_once(cfg, env=ENV)
+    m = s.get("maintenance")
+    assert m and m["rounds"] == 1 and m["failed"] == 0, s
+    analyzed = pg_query(pgdb, "SELECT last_analyze IS NOT NULL OR last_vacuum IS NOT NULL "
+                              "FROM pg_stat_user_tables WHERE relname = 'orders'")
+    assert analyzed == [["t"]], (analyzed, m)
+    s = sync_once(cfg, env=ENV)
+    assert s["tables"][0]["loaded_rows"] < 10_000 and "maintenance" not in s, s
+    assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))

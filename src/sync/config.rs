@@ -58,6 +58,15 @@ pub struct SyncConfig {
     /// `host:port` of /metrics, /healthz and /readyz (default: none).
     #[serde(default)]
     pub metrics_bind: Option<String>,
+    /// After a round in which a table's pass loaded at least this many rows, that table gets a
+    /// maintenance round (`VACUUM`/`ANALYZE` as its statistics call for; PostgreSQL and
+    /// Redshift). 0: never.
+    #[serde(default = "default_maintain_after_rows")]
+    pub maintain_after_rows: u64,
+    /// The thresholds of that round: Rin's `rin_ship.maintenance` keys (see `rin-ship
+    /// maintain`); default: its defaults.
+    #[serde(default)]
+    pub maintenance: Option<serde_json::Value>,
     pub tables: Vec<TableConfig>,
 }
 
@@ -162,6 +171,9 @@ impl Schedule {
 }
 
 const DEFAULT_EVERY: Duration = Duration::from_secs(3600);
+fn default_maintain_after_rows() -> u64 {
+    100_000
+}
 fn default_rows_per_object() -> u64 {
     500_000
 }
@@ -371,6 +383,9 @@ impl SyncConfig {
         }
         if let Some(l) = &self.ledger_table {
             ext["ledger_table"] = l.clone().into();
+        }
+        if let Some(m) = &self.maintenance {
+            ext["maintenance"] = m.clone();
         }
         let mut credentials = serde_json::json!({});
         if let StoreConfig::S3(s3) = &self.store {

@@ -21,6 +21,7 @@ pub mod state;
 
 use crate::common::shutdown;
 use crate::load::Loader;
+use crate::load::rin::maintenance::TableName;
 use crate::store::config::StoreConfig;
 use crate::store::local::Folders;
 use crate::store::{Objects, Store};
@@ -188,11 +189,23 @@ async fn one_round(cfg: &SyncConfig) -> Result<bool> {
     let sync = build(cfg.clone(), keys).await?;
     let mut ok = true;
     let mut tables = Vec::new();
+    let mut changed_much = Vec::new();
     for (i, schema) in schemas.iter().enumerate() {
         let t = &cfg.tables[i];
         match pass::run_table(&sync, &mut source, i, schema).await {
             Ok(s) => {
                 info!(table = %t.name, rows = s.rows, objects = s.objects, pass = s.pass, "sync: pass done");
+                if cfg.maintain_after_rows > 0 && s.loaded_rows >= cfg.maintain_after_rows {
+                    let (schema, table) = sync.destination(i)?;
+                    changed_much.push(TableName {
+                        schema: if schema.is_empty() {
+                            "public".into()
+                        } else {
+                            schema
+                        },
+                        table,
+                    });
+                }
                 tables.push(serde_json::to_value(&s)?);
             }
             Err(e) => {
@@ -204,8 +217,31 @@ async fn one_round(cfg: &SyncConfig) -> Result<bool> {
             }
         }
     }
-    println!("{}", serde_json::json!({"ok": ok, "tables": tables}));
+    let mut summary = serde_json::json!({"ok": ok, "tables": tables});
+    if let Some(m) = maintain(&sync, changed_much).await {
+        summary["maintenance"] = m;
+    }
+    println!("{summary}");
     Ok(ok)
+}
+
+/// After passes that changed many rows (`maintain_after_rows`), the maintenance round over
+/// those tables (the dead rows of OVERWRITE_EXISTING's deletes, fresh statistics): the
+/// article's cron'd VACUUM and ANALYZE, done when needed. Wire-protocol warehouses only.
+async fn maintain(sync: &Sync, tables: Vec<TableName>) -> Option<serde_json::Value> {
+    use crate::load::rin::DriverKind;
+    let wire = matches!(
+        sync.loader.cfg.targets.first().map(|t| t.driver),
+        Some(DriverKind::Postgres | DriverKind::Redshift)
+    );
+    if tables.is_empty() || !wire {
+        return None;
+    }
+    info!(
+        tables = tables.len(),
+        "sync: maintenance of the tables that changed the most"
+    );
+    Some(crate::ops::maintain::round_over(&sync.loader.cfg, tables).await)
 }
 
 /// The store, the loader over it, and the work folder.

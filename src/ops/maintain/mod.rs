@@ -397,6 +397,19 @@ async fn loads_are_heavy(
     false
 }
 
+/// One round over just `tables` (what `rin-ship sync` runs after passes that changed many
+/// rows): each gets what its statistics call for under `cfg`'s thresholds. Errors are logged,
+/// never returned; the summary (JSON) says what ran.
+pub async fn round_over(cfg: &RinConfig, tables: Vec<TableName>) -> serde_json::Value {
+    let mut cfg = cfg.clone();
+    cfg.ext.maintenance.tables = tables;
+    let stats = Stats::default();
+    // Never triggered: the round runs to its end (the caller is between passes).
+    let (_trigger, mut stop) = shutdown::channel();
+    round(&cfg, Mode::Run, &stats, &mut stop).await;
+    serde_json::from_str(&stats.json()).unwrap_or_default()
+}
+
 /// Rounds every `interval` until `stop` (the first at once); `once`: a single round.
 async fn rounds(cfg: &RinConfig, mode: Mode, once: bool, stats: &Stats, mut stop: Shutdown) {
     let every = cfg.ext.maintenance.interval.0;
