@@ -137,6 +137,10 @@ enum Command {
         /// write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the Rin config (JSON) that `rin-ship import -c` loads this sync's announced
+        /// objects with (`store.notify: {sqs_queue_url: ...}`), then exit.
+        #[arg(long)]
+        import_config: bool,
     },
     /// A live view of a running `serve` or `import` from its /metrics (like `vector top`):
     /// events in and out, buffer fill and oldest chunk, uploads and loads with latencies and
@@ -353,10 +357,12 @@ fn main() -> ExitCode {
             config,
             once,
             dry_run,
+            import_config,
         } => sync::main(sync::SyncArgs {
             config,
             once,
             dry_run,
+            import_config,
         }),
         Command::Maintain {
             config,

@@ -490,3 +490,48 @@ def test_maintenance_after_a_pass_that_changed_many_rows(mariadb, mysqldb, pgdb,
     s = sync_once(cfg, env=ENV)
     assert s["tables"][0]["loaded_rows"] < 10_000 and "maintenance" not in s, s
     assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))
+
+
+def test_objects_announced_on_sqs_and_loaded_by_rin_ship_import(mariadb, mysqldb, pgdb, moto_server,
+                                                                  bucket, tmp_path):
+    """With `store.notify: {sqs_queue_url}`, a pass puts its objects in S3 and announces them on
+    SQS instead of loading them; `rin-ship import` with the config `--import-config` prints
+    loads them, exactly once, even when a crash before the pass was marked done announced them
+    twice (simulated: the state object put back to pending)."""
+    n = 30_000
+    fill_orders(mariadb, mysqldb, n)
+    _, queue_url = make_queue(moto_server)
+    store = {"type": "s3", "bucket": bucket, "endpoint": moto_server.endpoint,
+             "force_path_style": True, "region": "us-east-1", "access_key_id": "x",
+             "secret_access_key": "y", "notify": {"sqs_queue_url": queue_url}}
+    cfg = write_config(tmp_path, mysql_url(mariadb, mysqldb), pg_warehouse(pgdb),
+                       [{"name": "orders", "watermark": "updated_at"}], rows_per_object=10_000)
+    doc = json.loads(cfg.read_text())
+    doc["store"] = store
+    cfg.write_text(json.dumps(doc))
+    s = sync_once(cfg, env=ENV)
+    t = s["tables"][0]
+    assert t["objects"] == 4 and t["loaded_rows"] == 0, s
+    assert "announced on SQS" in s["_stderr"], s["_stderr"][-2000:]
+    assert pg_rows(pgdb) == [], "sync loaded what it should only have announced"
+    p = subprocess.run([str(rin_ship_bin()), "sync", "-c", str(cfg), "--import-config"],
+                       capture_output=True, text=True, timeout=60, env=ENV)
+    assert p.returncode == 0, p.stderr
+    rin = json.loads(p.stdout)
+    assert rin["queue_name"] == queue_url.rsplit("/", 1)[1], rin
+    assert rin["rin_ship"]["sqs_endpoint"] == moto_server.endpoint, rin
+    rin["rin_ship"].update({"wait_time_seconds": 1, "visibility_timeout_seconds": 5})
+    # The same objects announced again (a crash between the announcement and the state's
+    # `done`): the importer takes the repeats as duplicates.
+    sqs = sqs_client(moto_server)
+    first = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+    assert len(first.get("Messages", [])) >= 2, first
+    for m in first["Messages"][:2]:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=m["Body"])
+    imp = Importer(tmp_path, rin, env=ENV)
+    done = imp.run("--batch", "--drain", "--max-execution-time", "120s", timeout=180)
+    assert '"duplicates":2' in done.stdout.replace(" ", "") or "duplicate" in done.stderr, (
+        done.stdout, done.stderr[-3000:])
+    assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))
+    ledger = int(pgdb.sql("SELECT count(*) FROM rin_ship_ledger")[0][0])
+    assert ledger == 4, ledger

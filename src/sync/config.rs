@@ -296,6 +296,15 @@ impl SyncConfig {
         if self.rows_per_object == 0 {
             bail!("rows_per_object: 0 rows per object; write e.g. 500000");
         }
+        if matches!(
+            self.store.notify(),
+            crate::store::config::NotifyConfig::Local
+        ) {
+            bail!(
+                "store.notify: local is serve's embedded queue; sync loads its objects itself, \
+                 or announces them on SQS for `rin-ship import` (notify: {{sqs_queue_url: ...}})"
+            );
+        }
         if !self.warehouse.is_object() {
             bail!("warehouse: expected Rin's `redshift:` keys (driver, host, dbname, ...)");
         }
@@ -362,6 +371,17 @@ impl SyncConfig {
     /// prefix, the table's insert mode on its key. `keys[i]` is table i's key (resolved from
     /// the source when the file names none).
     pub fn rin_config(&self, keys: &[Vec<String>], order: &[Option<String>]) -> Result<RinConfig> {
+        let doc = self.rin_document(keys, order)?;
+        RinConfig::parse(&doc.to_string(), &|_| None).context("the load half of the sync config")
+    }
+
+    /// [`Self::rin_config`] as the Rin config file it is: what `rin-ship import` reads when
+    /// the objects are announced on SQS (`store.notify`) instead of loaded by sync itself.
+    pub fn rin_document(
+        &self,
+        keys: &[Vec<String>],
+        order: &[Option<String>],
+    ) -> Result<serde_json::Value> {
         let mut warehouse = self.warehouse.clone();
         let obj = warehouse
             .as_object_mut()
@@ -452,13 +472,41 @@ impl SyncConfig {
                 target
             })
             .collect();
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "credentials": credentials,
             "redshift": warehouse,
             "targets": targets,
             "rin_ship": ext,
         });
-        RinConfig::parse(&doc.to_string(), &|_| None).context("the load half of the sync config")
+        if let Some(n) = self.announced_on() {
+            // The queue the objects are announced on, as `rin-ship import` names it.
+            let name = n.sqs_queue_url.rsplit('/').next().unwrap_or_default();
+            doc["queue_name"] = name.into();
+            let endpoint = n.endpoint.clone().or_else(|| {
+                let url = &n.sqs_queue_url;
+                let host_end = url
+                    .find("://")
+                    .map(|i| i + 3)
+                    .and_then(|s| url[s..].find('/').map(|e| s + e))?;
+                (!url.contains(".amazonaws.com")).then(|| url[..host_end].to_string())
+            });
+            if let Some(e) = endpoint {
+                doc["rin_ship"]["sqs_endpoint"] = e.into();
+            }
+            if let Some(r) = &n.region {
+                doc["credentials"]["aws_region"] = r.clone().into();
+            }
+        }
+        Ok(doc)
+    }
+
+    /// The SQS queue the pass's objects are announced on (`store.notify`), for a separate
+    /// `rin-ship import` to load; `None`: sync loads them itself.
+    pub fn announced_on(&self) -> Option<&crate::store::config::SqsNotifyConfig> {
+        match self.store.notify() {
+            crate::store::config::NotifyConfig::Sqs(n) => Some(n),
+            _ => None,
+        }
     }
 }
 

@@ -22,6 +22,7 @@ pub mod state;
 use crate::common::shutdown;
 use crate::load::Loader;
 use crate::load::rin::maintenance::TableName;
+use crate::queue::notify::Notifier;
 use crate::store::config::StoreConfig;
 use crate::store::local::Folders;
 use crate::store::{Objects, Store};
@@ -39,6 +40,7 @@ pub struct SyncArgs {
     pub config: PathBuf,
     pub once: bool,
     pub dry_run: bool,
+    pub import_config: bool,
 }
 
 /// What a run shares: the config, where objects go and are read, the loader, and each
@@ -48,6 +50,9 @@ pub struct Sync {
     pub store: Store,
     pub loader: Loader,
     pub keys: Vec<Vec<String>>,
+    /// Set when the objects are announced on SQS (`store.notify`) for `rin-ship import` to
+    /// load, instead of loaded here.
+    pub announcer: Option<Notifier>,
     pub work_dir: PathBuf,
 }
 
@@ -94,6 +99,12 @@ pub fn main(args: SyncArgs) -> Result<()> {
 async fn run(cfg: SyncConfig, args: SyncArgs) -> Result<()> {
     if args.dry_run {
         return dry_run(cfg).await;
+    }
+    if args.import_config {
+        let (_, _, keys) = open(&cfg).await?;
+        let order: Vec<Option<String>> = cfg.tables.iter().map(|t| t.watermark.clone()).collect();
+        println!("{:#}", cfg.rin_document(&keys, &order)?);
+        return Ok(());
     }
     if let Some(bind) = &cfg.metrics_bind {
         serve_metrics(bind).await?;
@@ -218,7 +229,10 @@ async fn one_round(cfg: &SyncConfig) -> Result<bool> {
         }
     }
     let mut summary = serde_json::json!({"ok": ok, "tables": tables});
-    if let Some(m) = maintain(&sync, changed_much).await {
+    // Announced objects load later, in the importer: nothing changed here yet.
+    if sync.announcer.is_none()
+        && let Some(m) = maintain(&sync, changed_much).await
+    {
         summary["maintenance"] = m;
     }
     println!("{summary}");
@@ -267,12 +281,20 @@ async fn build(cfg: SyncConfig, keys: Vec<Vec<String>>) -> Result<Sync> {
     };
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
+    let announcer = Notifier::for_store(&cfg.store, None).await?;
+    if let Some(a) = &announcer {
+        info!(
+            "sync: the objects of each pass are announced on {} for rin-ship import (print its config with --import-config)",
+            a.describe()
+        );
+    }
     Ok(Sync {
         cfg,
         store,
         loader,
         keys,
         work_dir,
+        announcer,
     })
 }
 

@@ -19,6 +19,8 @@ use crate::load::deliver::load_objects;
 use crate::load::stats::get;
 use crate::load::warehouse::Sessions;
 use crate::queue::event::ObjectEvent;
+use crate::queue::notify::Notifier;
+use crate::store::Stored;
 use anyhow::{Result, anyhow, bail};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -186,12 +188,52 @@ async fn finish_pending(
     let Some(p) = state.pending.clone() else {
         return Ok(0);
     };
-    load_all(sync, &p).await?;
+    match &sync.announcer {
+        None => load_all(sync, &p).await?,
+        Some(announcer) => announce_all(sync, announcer, &p).await?,
+    }
     state.pass = p.pass;
     state.watermark = p.watermark.clone();
     state.pending = None;
     state_obj.write(state).await?;
     Ok(p.objects.len())
+}
+
+/// Announces every object of a pass on the queue, as the shipper announces a chunk, for
+/// `rin-ship import` to load. A crash before the pass is marked done announces them all again
+/// on the next run: the importer's ledger takes a repeat as a duplicate (same key and ETag).
+async fn announce_all(sync: &Sync, announcer: &Notifier, p: &Pending) -> Result<()> {
+    let bucket = sync.cfg.bucket();
+    for o in &p.objects {
+        let stored = Stored {
+            bucket: bucket.clone(),
+            key: o.key.clone(),
+            etag: o.etag.clone(),
+            event_name: "ObjectCreated:Put",
+        };
+        let mut attempt = 0u32;
+        while let Err(e) = announcer.send(&stored, o.size).await {
+            attempt += 1;
+            metrics::counter!("rin_notification_errors_total").increment(1);
+            if attempt >= 4 {
+                bail!(
+                    "cannot announce {} on {} ({e:#}); the pass stays recorded and the next run \
+                     announces its objects again",
+                    o.key,
+                    announcer.describe()
+                );
+            }
+            warn!(key = %o.key, attempt, "sync: announcing failed, retrying: {e:#}");
+            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+        }
+        metrics::counter!("rin_notifications_total").increment(1);
+    }
+    info!(
+        pass = p.pass,
+        objects = p.objects.len(),
+        "sync: objects announced"
+    );
+    Ok(())
 }
 
 /// Every object of a pass, in one call of the loader (one group per target: a TRUNCATE pass
