@@ -371,19 +371,22 @@ def test_postgres_source_to_sqlite(pg_server, tmp_path):
     warehouse = tmp_path / "warehouse.db"
     cfg = write_config(tmp_path, f"postgres://postgres@127.0.0.1:{pg_server.port}/{src}",
                        {"type": "sqlite", "dbname": str(warehouse)},
-                       [{"name": "items", "watermark": "at", "overlap": "1m"}], source_tls="x")
+                       [{"name": "items", "watermark": "at", "overlap": "1m",
+                         "delete_missing": True, "reconcile_every": "0s"}], source_tls="x")
     # `tls: disable` for this loopback server.
     c = json.loads(cfg.read_text())
     c.pop("source_tls")
     c["source"]["tls"] = "disable"
     cfg.write_text(json.dumps(c))
     s = sync_once(cfg)
-    assert s["tables"][0]["rows"] == 5000, s
-    pg_server.psql("UPDATE items SET price = price * 2, at = now() WHERE id <= 20", src)
+    assert s["tables"][0]["rows"] == 5000 and s["tables"][0]["deleted_rows"] == 0, s
+    pg_server.psql("UPDATE items SET price = price * 2, at = now() WHERE id <= 20; "
+                   "DELETE FROM items WHERE id BETWEEN 101 AND 130", src)
     s = sync_once(cfg)
     # The 20 changed rows, and the 61 rows (one a second) of the minute before the last
-    # watermark, read again.
+    # watermark, read again; the 30 deleted rows found by the key reconciliation.
     assert s["tables"][0]["incremental"] and s["tables"][0]["rows"] == 20 + 61, s
+    assert s["tables"][0]["deleted_rows"] == 30, s
 
     def source():
         rows = pg_query(SimpleNamespace(port=pg_server.port, name=src),
@@ -397,7 +400,7 @@ def test_postgres_source_to_sqlite(pg_server, tmp_path):
            for r in db.execute("SELECT id, price, name, flag, attrs, tags FROM items ORDER BY id")]
     assert_same(source(), got)
     # OVERWRITE_EXISTING on the key: no row twice.
-    assert db.execute("SELECT count(*), count(DISTINCT id) FROM items").fetchone() == (5000, 5000)
+    assert db.execute("SELECT count(*), count(DISTINCT id) FROM items").fetchone() == (4970, 4970)
 
 
 def test_progress_bar_on_a_terminal_under_tmux(mariadb, mysqldb, pgdb, tmp_path):
@@ -535,3 +538,33 @@ def test_objects_announced_on_sqs_and_loaded_by_rin_ship_import(mariadb, mysqldb
     assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))
     ledger = int(pgdb.sql("SELECT count(*) FROM rin_ship_ledger")[0][0])
     assert ledger == 4, ledger
+
+
+def test_delete_missing_removes_rows_deleted_from_the_source(mariadb, mysqldb, pgdb, tmp_path):
+    """`delete_missing`: after a pass, the warehouse rows whose key the source no longer has
+    are deleted (MariaDB to PostgreSQL), on the reconcile_every schedule; a table without it
+    keeps them, as Data Pipeline did."""
+    n = 20_000
+    fill_orders(mariadb, mysqldb, n)
+    cfg = write_config(tmp_path, mysql_url(mariadb, mysqldb), pg_warehouse(pgdb),
+                       [{"name": "orders", "watermark": "updated_at", "delete_missing": True,
+                         "reconcile_every": "1h"}])
+    s = sync_once(cfg, env=ENV)
+    assert s["tables"][0]["deleted_rows"] == 0, s
+    mariadb.root("DELETE FROM orders WHERE id % 100 = 7", mysqldb)
+    # Not due yet (1h): nothing deleted, the rows stay.
+    s = sync_once(cfg, env=ENV)
+    assert "deleted_rows" not in s["tables"][0], s
+    assert len(pg_rows(pgdb)) == n + 2
+    # Due (every pass now): the 200 deleted rows go; the target equals the source again.
+    doc = json.loads(cfg.read_text())
+    doc["tables"][0]["reconcile_every"] = "0s"
+    cfg.write_text(json.dumps(doc))
+    s = sync_once(cfg, env=ENV)
+    assert s["tables"][0]["deleted_rows"] == n // 100, s
+    assert_same(mysql_rows(mariadb, mysqldb), pg_rows(pgdb))
+    # On Redshift it is refused at load, with what to do instead.
+    doc["warehouse"] = {"host": "example", "port": 5439, "dbname": "dw", "user": "u", "password": "p"}
+    cfg.write_text(json.dumps(doc))
+    p = sync_once(cfg, env=ENV, check=False)
+    assert "delete_missing is not available on Redshift" in p["_stderr"], p

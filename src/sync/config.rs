@@ -133,6 +133,13 @@ pub struct TableConfig {
     /// `APPEND` or `TRUNCATE` (every pass replaces the table; only with no watermark).
     #[serde(default)]
     pub mode: Option<InsertMode>,
+    /// Delete the warehouse rows whose key is gone from the source (the key reconciliation,
+    /// `sync::reconcile`), every `reconcile_every`. PostgreSQL and SQLite warehouses.
+    #[serde(default)]
+    pub delete_missing: bool,
+    /// How often the reconciliation reads every key of the source table (default 24h).
+    #[serde(default)]
+    pub reconcile_every: Option<Span>,
 }
 
 /// When the daemon starts its passes.
@@ -295,6 +302,26 @@ impl SyncConfig {
         }
         if self.rows_per_object == 0 {
             bail!("rows_per_object: 0 rows per object; write e.g. 500000");
+        }
+        let redshift = matches!(
+            self.warehouse.get("type").and_then(|t| t.as_str()),
+            None | Some("redshift")
+        );
+        for t in self.tables.iter().filter(|t| t.delete_missing) {
+            if redshift {
+                bail!(
+                    "table {}: delete_missing is not available on Redshift yet (the keys would \
+                     have to reach it through S3); use the soft-delete pattern of docs/sync.md",
+                    t.name
+                );
+            }
+            if self.announced_on().is_some() {
+                bail!(
+                    "table {}: delete_missing needs the pass loaded before the keys are \
+                     compared, and with store.notify the importer loads it later",
+                    t.name
+                );
+            }
         }
         if matches!(
             self.store.notify(),

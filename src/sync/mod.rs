@@ -16,6 +16,7 @@ pub mod config;
 pub mod ddl;
 pub mod objects;
 pub mod pass;
+pub mod reconcile;
 pub mod source;
 pub mod state;
 
@@ -179,6 +180,13 @@ async fn open(cfg: &SyncConfig) -> Result<(Source, Vec<TableSchema>, Vec<Vec<Str
                     t.name
                 );
             }
+        }
+        if t.delete_missing && key.is_empty() {
+            bail!(
+                "table {}: delete_missing compares keys, and the table has no primary key: \
+                 name the columns that identify a row (`key: [id]`)",
+                t.name
+            );
         }
         if t.mode().keyed() && key.is_empty() {
             bail!(

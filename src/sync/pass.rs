@@ -35,6 +35,10 @@ pub struct TableSummary {
     pub incremental: bool,
     pub watermark_from: Option<String>,
     pub watermark_to: Option<String>,
+    /// Rows deleted from the target because their key is gone from the source
+    /// (`delete_missing`; absent when the reconciliation did not run this pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_rows: Option<u64>,
     /// How far the newest watermark was behind the source's clock when the pass began.
     pub watermark_lag_seconds: Option<f64>,
     pub rows: u64,
@@ -121,6 +125,34 @@ pub async fn run_table(
         // 4. load
         finish_pending(sync, &state_obj, &mut state).await?;
     }
+    // 5. deletes (delete_missing): once the pass is in, the keys the source no longer has.
+    if t.delete_missing && reconcile_due(t, &state) {
+        let qualified = if tschema.is_empty() {
+            crate::load::rin::quote_ident(&ttable)
+        } else {
+            format!(
+                "{}.{}",
+                crate::load::rin::quote_ident(&tschema),
+                crate::load::rin::quote_ident(&ttable)
+            )
+        };
+        let (keys, deleted) = super::reconcile::delete_missing(
+            source,
+            &t.name,
+            t.filter.as_deref(),
+            sync.loader.cfg.target(i),
+            sync.loader.cfg.ext.sslmode,
+            &qualified,
+            &sync.keys[i],
+        )
+        .await?;
+        info!(table = %t.name, source_keys = keys, deleted, "sync: rows whose key is gone from the source deleted");
+        metrics::counter!("rin_sync_deleted_rows_total", "table" => t.target_name())
+            .increment(deleted);
+        state.reconciled_at = Some(crate::telemetry::unix_now() as u64);
+        state_obj.write(&state).await?;
+        summary.deleted_rows = Some(deleted);
+    }
     summary.loaded_rows = get(&sync.loader.stats.loaded_rows) - before.0;
     summary.duplicate_objects = get(&sync.loader.stats.duplicates) - before.1;
     summary.seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
@@ -134,6 +166,15 @@ pub async fn run_table(
     }
     summary.watermark_lag_seconds = newest.lag_seconds.map(|l| (l * 10.0).round() / 10.0);
     Ok(summary)
+}
+
+/// Whether the key reconciliation is due: never ran, or ran `reconcile_every` (24h) ago.
+fn reconcile_due(t: &TableConfig, state: &TableState) -> bool {
+    let every = t.reconcile_every.map_or(86_400, |s| s.0.as_secs());
+    let now = crate::telemetry::unix_now() as u64;
+    state
+        .reconciled_at
+        .is_none_or(|at| now.saturating_sub(at) >= every)
 }
 
 /// The rows this pass reads.

@@ -26,6 +26,9 @@ pub struct TableState {
     /// The newest watermark that pass read (as the source printed it).
     pub watermark: Option<String>,
     pub pending: Option<Pending>,
+    /// When the key reconciliation last ran (Unix seconds; `delete_missing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -581,6 +581,13 @@ pub const FAMILIES: &[Family] = &[
         "Passes that failed (the next pass retries; the state keeps what was stored), by table.",
     ),
     f(
+        "rin_sync_deleted_rows_total",
+        Counter,
+        Sync,
+        FromConfig,
+        "Warehouse rows deleted because their key is gone from the source (delete_missing), by table.",
+    ),
+    f(
         "rin_sync_last_pass_timestamp_seconds",
         Gauge,
         Sync,

@@ -97,6 +97,55 @@ pub struct PassQuery<'a> {
 }
 
 /// An open connection to the source.
+/// Where [`Source::keys`] sends its batches of keys (each key: one text per key column).
+pub type KeySender = tokio::sync::mpsc::Sender<Vec<Vec<String>>>;
+
+/// Keys per batch sent.
+const KEY_BATCH: usize = 10_000;
+
+/// Gathers keys into batches for a [`KeySender`].
+pub struct KeyBatches {
+    out: KeySender,
+    batch: Vec<Vec<String>>,
+    pub sent: u64,
+}
+
+impl KeyBatches {
+    pub fn new(out: KeySender) -> KeyBatches {
+        KeyBatches {
+            out,
+            batch: Vec::with_capacity(KEY_BATCH),
+            sent: 0,
+        }
+    }
+
+    pub async fn push(&mut self, key: Vec<String>) -> Result<()> {
+        self.batch.push(key);
+        self.sent += 1;
+        if self.batch.len() == KEY_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left; returns how many keys were sent in all.
+    pub async fn finish(mut self) -> Result<u64> {
+        self.flush().await?;
+        Ok(self.sent)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(KEY_BATCH));
+        self.out
+            .send(full)
+            .await
+            .map_err(|_| anyhow::anyhow!("the warehouse stopped taking keys"))
+    }
+}
+
 /// The newest watermark in a pass's snapshot.
 #[derive(Debug, Default)]
 pub struct Newest {
@@ -153,6 +202,22 @@ impl Source {
             );
         }
         Ok(schema)
+    }
+
+    /// Sends every key of `table` (rows matching `filter`), each column as text, in batches,
+    /// in a snapshot of its own; returns how many. For the key reconciliation (`reconcile`).
+    pub async fn keys(
+        &mut self,
+        table: &str,
+        key: &[String],
+        filter: Option<&str>,
+        out: KeySender,
+    ) -> Result<u64> {
+        match self {
+            #[cfg(feature = "mysql")]
+            Source::Mysql(s) => s.keys(table, key, filter, out).await,
+            Source::Postgres(s) => s.keys(table, key, filter, out).await,
+        }
     }
 
     /// The table's row count as the catalog estimates it (for the progress line's ETA).

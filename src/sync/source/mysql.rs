@@ -11,7 +11,10 @@
 //! Must never: interpolate a watermark into SQL (it is a bound parameter); hold a result set
 //! in memory.
 
-use super::{Column, Kind, Newest, PassQuery, TableSchema, key_prefixes, push_json_str};
+use super::{
+    Column, KeyBatches, KeySender, Kind, Newest, PassQuery, TableSchema, key_prefixes,
+    push_json_str,
+};
 use crate::sync::config::{Overlap, SourceConfig, Tls};
 use crate::sync::objects::ObjectWriter;
 use anyhow::{Context, Result, anyhow};
@@ -165,6 +168,47 @@ impl MysqlSource {
             watermark,
             lag_seconds,
         })
+    }
+
+    pub async fn keys(
+        &mut self,
+        table: &str,
+        key: &[String],
+        filter: Option<&str>,
+        out: KeySender,
+    ) -> Result<u64> {
+        let cols: Vec<String> = key
+            .iter()
+            .map(|k| format!("CAST({} AS CHAR)", quote(k)))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}{}",
+            cols.join(", "),
+            quote_table(table),
+            filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default()
+        );
+        let what = || format!("reading the keys of {table} on {}", self.what);
+        self.conn
+            .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            .await
+            .with_context(what)?;
+        let mut batches = KeyBatches::new(out);
+        {
+            let mut result = self.conn.exec_iter(sql, ()).await.with_context(what)?;
+            while let Some(row) = result.next().await.with_context(what)? {
+                let k: Vec<String> = (0..key.len())
+                    .map(|i| {
+                        row.get::<Option<String>, _>(i)
+                            .flatten()
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                batches.push(k).await?;
+            }
+        }
+        let n = batches.finish().await?;
+        self.conn.query_drop("COMMIT").await.with_context(what)?;
+        Ok(n)
     }
 
     pub async fn stream(&mut self, q: &PassQuery<'_>, out: &mut ObjectWriter<'_>) -> Result<u64> {

@@ -9,7 +9,7 @@
 //! Must never: interpolate a watermark into SQL (bound parameters); put a name into SQL other
 //! than through `quote_ident`.
 
-use super::{Column, Kind, Newest, PassQuery, TableSchema};
+use super::{Column, KeyBatches, KeySender, Kind, Newest, PassQuery, TableSchema};
 use crate::load::rin::quote_ident;
 use crate::sync::config::{Overlap, SourceConfig, Tls};
 use crate::sync::objects::ObjectWriter;
@@ -171,6 +171,50 @@ impl PgSource {
             watermark: row.get(0),
             lag_seconds: row.get(1),
         })
+    }
+
+    pub async fn keys(
+        &mut self,
+        table: &str,
+        key: &[String],
+        filter: Option<&str>,
+        out: KeySender,
+    ) -> Result<u64> {
+        let cols: Vec<String> = key
+            .iter()
+            .map(|k| format!("{}::text", quote_ident(k)))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}{}",
+            cols.join(", "),
+            quote_table(table),
+            filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default()
+        );
+        let what = || format!("reading the keys of {table} on {}", self.what);
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .with_context(what)?;
+        let rows = self
+            .client
+            .query_raw(sql.as_str(), std::iter::empty::<String>())
+            .await
+            .with_context(what)?;
+        pin_mut!(rows);
+        let mut batches = KeyBatches::new(out);
+        while let Some(row) = rows.next().await {
+            let row = row.with_context(what)?;
+            let k: Vec<String> = (0..key.len())
+                .map(|i| row.get::<_, Option<String>>(i).unwrap_or_default())
+                .collect();
+            batches.push(k).await?;
+        }
+        let n = batches.finish().await?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .with_context(what)?;
+        Ok(n)
     }
 
     pub async fn stream(&mut self, q: &PassQuery<'_>, out: &mut ObjectWriter<'_>) -> Result<u64> {
