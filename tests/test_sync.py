@@ -414,21 +414,17 @@ def test_progress_bar_on_a_terminal_under_tmux(mariadb, mysqldb, pgdb, tmp_path)
     try:
         tmux("new-session", "-d", "-s", "sync", "-x", "150", "-y", "40")
         tmux("set-option", "-g", "remain-on-exit", "on")
-        tmux("set-environment", "-g", "SYNC_TEST_PASSWORD", "pw")
+        # bash says how sync exited (tmux's #{pane_dead_status} is sometimes left empty).
         tmux("respawn-pane", "-k", "-t", "sync",
-             f"env SYNC_TEST_PASSWORD=pw {rin_ship_bin()} sync --once -c {cfg}")
-
-        def exit_status():
-            dead, _, code = tmux("display-message", "-p", "-t", "sync",
-                                 "#{pane_dead}:#{pane_dead_status}").strip().partition(":")
-            return code if dead == "1" and code else None
-
+             f"bash -c 'SYNC_TEST_PASSWORD=pw {rin_ship_bin()} sync --once -c {cfg}; "
+             f"echo sync exit=$?; sleep 60'")
         try:
-            status = wait_for(exit_status, 240, "sync --once to finish in its pane")
+            status = wait_for(lambda: re.search(r"^sync exit=(\d+)$", tmux.screen("sync"), re.M),
+                              240, "sync --once to finish in its pane")
         finally:
             screen = tmux.screen("sync")
             print(screen)
-        assert status == "0", screen
+        assert status.group(1) == "0", screen
         total = f"{n + 2:,}"
         bar = re.search(rf"^orders \[\d\d:\d\d:\d\d\] =+ {total}/~{total} rows, \d+ MiB, 3 objects, ETA",
                         screen, re.M)

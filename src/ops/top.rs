@@ -57,6 +57,10 @@ pub fn health(addr: &str, ready: bool) -> Result<()> {
 /// Redraws the view every `interval` until Ctrl-C; an endpoint that stops answering is shown,
 /// and scraped again.
 async fn live(endpoint: &Endpoint, interval: Duration) -> Result<()> {
+    // Listening for Ctrl-C from the start, once: a `ctrl_c()` made anew at each wait missed a
+    // Ctrl-C pressed during a scrape (and one pressed before the first wait killed the process
+    // without restoring the screen).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut out = std::io::stdout();
     // The alternate screen, cursor hidden: the shell's screen comes back as it was.
     write!(out, "\x1b[?1049h\x1b[?25l")?;
@@ -86,7 +90,7 @@ async fn live(endpoint: &Endpoint, interval: Duration) -> Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = interrupt.recv() => break Ok(()),
         }
     };
     write!(out, "\x1b[?25h\x1b[?1049l")?;
