@@ -670,6 +670,26 @@ class Tmux:
     def screen(self, target: str = "top") -> str:
         return self("capture-pane", "-p", "-t", target)
 
+    def run(self, target: str, command: str, label: str):
+        """Runs `command` in pane `target` under bash, which then prints `<label> exit=<status>`
+        (tmux's own #{pane_dead_status} is sometimes left empty for a pane that exited; bash
+        also goes on after a Ctrl-C that its child handled and exited from)."""
+        self("respawn-pane", "-k", "-t", target,
+             f"bash -c '{command}; echo {label} exit=$?; sleep 60'")
+
+    def exit_status(self, target: str, label: str, timeout: float) -> int:
+        """The status [`run`] printed, once it has (AssertionError with the screen after
+        `timeout` seconds)."""
+        import re
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(rf"^{re.escape(label)} exit=(\d+)$", self.screen(target), re.M)
+            if m:
+                return int(m.group(1))
+            time.sleep(0.2)
+        raise AssertionError(f"{label} did not exit within {timeout} s; the screen:\n"
+                             f"{self.screen(target)}")
+
     def kill(self):
         self("kill-server", check=False)
 

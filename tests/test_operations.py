@@ -350,11 +350,7 @@ def test_top_under_tmux_against_a_running_serve(bare):
     try:
         tmux("new-session", "-d", "-s", "top", "-x", "160", "-y", "45")
         tmux("set-option", "-g", "remain-on-exit", "on")
-        # bash waits for top, then says how it exited (bash goes on after a Ctrl-C its
-        # child handled and exited from).
-        tmux("respawn-pane", "-k", "-t", "top",
-             f"bash -c '{rin_ship_bin()} top 127.0.0.1:{s.metrics_port} --interval 1s; "
-             f"echo top exit=$?; sleep 60'")
+        tmux.run("top", f"{rin_ship_bin()} top 127.0.0.1:{s.metrics_port} --interval 1s", "top")
         t.start()
 
         def shows_traffic():
@@ -374,11 +370,7 @@ def test_top_under_tmux_against_a_running_serve(bare):
         assert re.search(r"^uploaded\s+default\s+\S+\s+\d+", screen, re.M), screen
         # Ctrl-C: it exits 0 and gives the screen back (the alternate screen is left).
         tmux("send-keys", "-t", "top", "C-c")
-        # Its exit status as the shell saw it (tmux's #{pane_dead_status} is sometimes empty
-        # for a pane that did exit: not evidence either way).
-        status = wait_for(lambda: re.search(r"^top exit=(\d+)$", tmux.screen(), re.M),
-                          10, "top to exit on Ctrl-C")
-        assert status.group(1) == "0", tmux.screen()
+        assert tmux.exit_status("top", "top", 10) == 0, tmux.screen()
         assert "rin-ship top" not in tmux.screen()
     finally:
         stop.set()

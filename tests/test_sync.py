@@ -414,17 +414,11 @@ def test_progress_bar_on_a_terminal_under_tmux(mariadb, mysqldb, pgdb, tmp_path)
     try:
         tmux("new-session", "-d", "-s", "sync", "-x", "150", "-y", "40")
         tmux("set-option", "-g", "remain-on-exit", "on")
-        # bash says how sync exited (tmux's #{pane_dead_status} is sometimes left empty).
-        tmux("respawn-pane", "-k", "-t", "sync",
-             f"bash -c 'SYNC_TEST_PASSWORD=pw {rin_ship_bin()} sync --once -c {cfg}; "
-             f"echo sync exit=$?; sleep 60'")
-        try:
-            status = wait_for(lambda: re.search(r"^sync exit=(\d+)$", tmux.screen("sync"), re.M),
-                              240, "sync --once to finish in its pane")
-        finally:
-            screen = tmux.screen("sync")
-            print(screen)
-        assert status.group(1) == "0", screen
+        tmux.run("sync", f"SYNC_TEST_PASSWORD=pw {rin_ship_bin()} sync --once -c {cfg}", "sync")
+        status = tmux.exit_status("sync", "sync", 240)
+        screen = tmux.screen("sync")
+        print(screen)
+        assert status == 0, screen
         total = f"{n + 2:,}"
         bar = re.search(rf"^orders \[\d\d:\d\d:\d\d\] =+ {total}/~{total} rows, \d+ MiB, 3 objects, ETA",
                         screen, re.M)

@@ -14,7 +14,7 @@
 //! channel); run where the keys cannot be streamed into the warehouse (Redshift takes COPY only
 //! from S3: refused at config load, see `docs/sync.md`).
 
-use super::source::Source;
+use super::source::{KeyQuery, Source};
 use crate::load::rin::{DriverKind, SslMode, Target, quote_ident};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::SinkExt;
@@ -38,7 +38,8 @@ pub async fn delete_missing(
     key: &[String],
 ) -> Result<(u64, u64)> {
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
-    let read = source.keys(table, key, filter, tx);
+    let query = KeyQuery { table, key, filter };
+    let read = source.keys(&query, tx);
     let delete = async {
         match target.driver {
             DriverKind::Postgres => delete_in_postgres(target, sslmode, qualified, key, rx).await,

@@ -489,7 +489,14 @@ pub const FAMILIES: &[Family] = &[
         Counter,
         Load,
         FromConfig,
-        "Record keys that matched no column of a PostgreSQL target with no catch_all_column (dropped from the row, logged), by target.",
+        "Record keys that matched no column of a PostgreSQL target with no catch_all_column (dropped from the row and logged under schema: report; the object refused under schema: strict), by target.",
+    ),
+    f(
+        "rin_import_columns_added_total",
+        Counter,
+        Load,
+        FromConfig,
+        "Columns schema: evolve added to a PostgreSQL target for record keys it had no column for, by target.",
     ),
     f(
         "rin_import_load_errors_total",

@@ -152,7 +152,13 @@ pub struct LoadFailure {
     /// is retried. A warehouse error while its rows streamed (a lock timeout in the COPY) is
     /// attributed to the object too, but is not this.
     pub unreadable: bool,
+    /// PostgreSQL, `schema: evolve`: the columns (name, type) the records need and the table
+    /// lacks; the driver adds them and loads again.
+    pub new_columns: Option<Box<NewColumns>>,
 }
+
+/// Columns (name, type) `schema: evolve` adds.
+pub type NewColumns = Vec<(String, &'static str)>;
 
 impl std::fmt::Display for LoadFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,6 +189,7 @@ impl LoadFailure {
             details: Vec::new(),
             restage: Vec::new(),
             unreadable: false,
+            new_columns: None,
         }
     }
 

@@ -53,6 +53,8 @@ pub struct Target {
     pub key_columns: Vec<String>,
     /// Decides the latest row of a key inside a batch (a plain identifier, or empty).
     pub order_column: String,
+    /// What a record key with no column does.
+    pub schema: SchemaPolicy,
     matcher: Matcher,
 }
 

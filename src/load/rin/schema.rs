@@ -32,6 +32,9 @@ pub struct RinFile {
     pub key_columns: Vec<String>,
     #[serde(default)]
     pub order_column: String,
+    /// rin-ship: default of the targets' `schema`.
+    #[serde(default)]
+    pub schema: Option<SchemaPolicy>,
     #[serde(default)]
     pub targets: Vec<TargetSpec>,
     #[serde(default)]
@@ -188,6 +191,35 @@ pub struct TargetSpec {
     /// rin-ship: the column deciding which row of a key is the latest inside one batch.
     #[serde(default)]
     pub order_column: String,
+    /// rin-ship: what a record key with no column does (default: the top-level one, else
+    /// `report`).
+    #[serde(default)]
+    pub schema: Option<SchemaPolicy>,
+}
+
+/// What a record key that no column of the target takes does (PostgreSQL targets; the
+/// embedded SQLite warehouse always adds the column).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaPolicy {
+    /// Left out of the row (or into `catch_all_column` when set), counted and logged.
+    #[default]
+    Report,
+    /// The column is added (`ALTER TABLE ... ADD COLUMN`, its type from the values), and the
+    /// load runs again with it.
+    Evolve,
+    /// The object is refused as a data error (quarantined after its retries).
+    Strict,
+}
+
+impl SchemaPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemaPolicy::Report => "report",
+            SchemaPolicy::Evolve => "evolve",
+            SchemaPolicy::Strict => "strict",
+        }
+    }
 }
 
 /// How a target's rows land in its table (AWS Data Pipeline's names).

@@ -15,7 +15,9 @@
 //! for what a driver override leaves behind, a debug line).
 
 use super::ident::{is_identifier, split_qualified};
-use super::schema::{DriverKind, InsertMode, Redshift, RinFile, S3Spec, TargetSpec, Warehouse};
+use super::schema::{
+    DriverKind, InsertMode, Redshift, RinFile, S3Spec, SchemaPolicy, TargetSpec, Warehouse,
+};
 use super::template::placeholders;
 use super::{Matcher, RinConfig, Target};
 use anyhow::{Context, Result, anyhow, bail};
@@ -103,6 +105,7 @@ fn merge_target(
     } else {
         t.order_column.clone()
     };
+    let schema = t.schema.or(f.schema).unwrap_or_default();
     let warehouse = f.rin_ship.warehouse;
     let driver = if t.discard {
         // Nothing loads through a discarding target: its connection is never used.
@@ -128,6 +131,14 @@ fn merge_target(
         );
         check_connection(i, &mut redshift, driver, warehouse, warnings)?;
         check_insert_mode(i, insert_mode, &key_columns, &order_column, warehouse)?;
+        if schema != SchemaPolicy::Report && driver != DriverKind::Postgres {
+            bail!(
+                "targets[{i}]: schema: {} is for PostgreSQL targets: Redshift's COPY reads \
+                 the objects itself, so rin-ship never sees their keys there (yet), and the \
+                 embedded SQLite warehouse always adds a column for a new key",
+                schema.name()
+            );
+        }
         driver
     };
     Ok(Target {
@@ -141,6 +152,7 @@ fn merge_target(
         insert_mode,
         key_columns,
         order_column,
+        schema,
         matcher,
     })
 }

@@ -97,6 +97,28 @@ pub struct PassQuery<'a> {
 }
 
 /// An open connection to the source.
+/// The keys [`Source::keys`] reads: `key`'s columns of `table`, on the rows `filter` selects.
+pub struct KeyQuery<'a> {
+    pub table: &'a str,
+    pub key: &'a [String],
+    pub filter: Option<&'a str>,
+}
+
+impl KeyQuery<'_> {
+    /// `SELECT <each key column as text> FROM <table> [WHERE (filter)]`, the source's quoting
+    /// and text cast given as `as_text` and `table`.
+    fn select(&self, as_text: impl Fn(&str) -> String, table: String) -> String {
+        let cols: Vec<String> = self.key.iter().map(|k| as_text(k)).collect();
+        format!(
+            "SELECT {} FROM {table}{}",
+            cols.join(", "),
+            self.filter
+                .map(|f| format!(" WHERE ({f})"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 /// Where [`Source::keys`] sends its batches of keys (each key: one text per key column).
 pub type KeySender = tokio::sync::mpsc::Sender<Vec<Vec<String>>>;
 
@@ -206,17 +228,11 @@ impl Source {
 
     /// Sends every key of `table` (rows matching `filter`), each column as text, in batches,
     /// in a snapshot of its own; returns how many. For the key reconciliation (`reconcile`).
-    pub async fn keys(
-        &mut self,
-        table: &str,
-        key: &[String],
-        filter: Option<&str>,
-        out: KeySender,
-    ) -> Result<u64> {
+    pub async fn keys(&mut self, q: &KeyQuery<'_>, out: KeySender) -> Result<u64> {
         match self {
             #[cfg(feature = "mysql")]
-            Source::Mysql(s) => s.keys(table, key, filter, out).await,
-            Source::Postgres(s) => s.keys(table, key, filter, out).await,
+            Source::Mysql(s) => s.keys(q, out).await,
+            Source::Postgres(s) => s.keys(q, out).await,
         }
     }
 

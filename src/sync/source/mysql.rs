@@ -12,7 +12,7 @@
 //! in memory.
 
 use super::{
-    Column, KeyBatches, KeySender, Kind, Newest, PassQuery, TableSchema, key_prefixes,
+    Column, KeyBatches, KeyQuery, KeySender, Kind, Newest, PassQuery, TableSchema, key_prefixes,
     push_json_str,
 };
 use crate::sync::config::{Overlap, SourceConfig, Tls};
@@ -170,23 +170,12 @@ impl MysqlSource {
         })
     }
 
-    pub async fn keys(
-        &mut self,
-        table: &str,
-        key: &[String],
-        filter: Option<&str>,
-        out: KeySender,
-    ) -> Result<u64> {
-        let cols: Vec<String> = key
-            .iter()
-            .map(|k| format!("CAST({} AS CHAR)", quote(k)))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {}{}",
-            cols.join(", "),
-            quote_table(table),
-            filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default()
+    pub async fn keys(&mut self, q: &KeyQuery<'_>, out: KeySender) -> Result<u64> {
+        let sql = q.select(
+            |k| format!("CAST({} AS CHAR)", quote(k)),
+            quote_table(q.table),
         );
+        let table = q.table;
         let what = || format!("reading the keys of {table} on {}", self.what);
         self.conn
             .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
@@ -196,7 +185,7 @@ impl MysqlSource {
         {
             let mut result = self.conn.exec_iter(sql, ()).await.with_context(what)?;
             while let Some(row) = result.next().await.with_context(what)? {
-                let k: Vec<String> = (0..key.len())
+                let k: Vec<String> = (0..q.key.len())
                     .map(|i| {
                         row.get::<Option<String>, _>(i)
                             .flatten()

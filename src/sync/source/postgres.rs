@@ -9,7 +9,7 @@
 //! Must never: interpolate a watermark into SQL (bound parameters); put a name into SQL other
 //! than through `quote_ident`.
 
-use super::{Column, KeyBatches, KeySender, Kind, Newest, PassQuery, TableSchema};
+use super::{Column, KeyBatches, KeyQuery, KeySender, Kind, Newest, PassQuery, TableSchema};
 use crate::load::rin::quote_ident;
 use crate::sync::config::{Overlap, SourceConfig, Tls};
 use crate::sync::objects::ObjectWriter;
@@ -173,23 +173,12 @@ impl PgSource {
         })
     }
 
-    pub async fn keys(
-        &mut self,
-        table: &str,
-        key: &[String],
-        filter: Option<&str>,
-        out: KeySender,
-    ) -> Result<u64> {
-        let cols: Vec<String> = key
-            .iter()
-            .map(|k| format!("{}::text", quote_ident(k)))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {}{}",
-            cols.join(", "),
-            quote_table(table),
-            filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default()
+    pub async fn keys(&mut self, q: &KeyQuery<'_>, out: KeySender) -> Result<u64> {
+        let sql = q.select(
+            |k| format!("{}::text", quote_ident(k)),
+            quote_table(q.table),
         );
+        let table = q.table;
         let what = || format!("reading the keys of {table} on {}", self.what);
         self.client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -204,7 +193,7 @@ impl PgSource {
         let mut batches = KeyBatches::new(out);
         while let Some(row) = rows.next().await {
             let row = row.with_context(what)?;
-            let k: Vec<String> = (0..key.len())
+            let k: Vec<String> = (0..q.key.len())
                 .map(|i| row.get::<_, Option<String>>(i).unwrap_or_default())
                 .collect();
             batches.push(k).await?;

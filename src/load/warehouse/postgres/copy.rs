@@ -7,7 +7,7 @@
 //! Must never: let a row of one column list go into a COPY of another; lose the object line of
 //! a row whose run is still open (the server may refuse it only at the run's end).
 
-use super::rows::{ColumnSet, Layout, Scratch};
+use super::rows::{ColumnSet, JsonKind, Layout, Scratch};
 use crate::load::ledger::failure::SqlState;
 use crate::load::ledger::{ErrorDetail, ErrorKind, Item, LoadFailure};
 use crate::load::warehouse::ndjson::Decoder;
@@ -43,7 +43,15 @@ pub struct Copied {
     /// Keys that matched no column (and had no catch-all), and a few of their names.
     pub unmatched: u64,
     pub unmatched_names: Vec<String>,
+    /// Each distinct unmatched key with the kind of its values (`schema: evolve`), at most
+    /// [`MAX_NEW_COLUMNS`]; `too_many_new`: there were more.
+    pub new_columns: Vec<(String, JsonKind)>,
+    pub too_many_new: bool,
 }
+
+/// Columns `schema: evolve` adds for one load at most: more new keys than this look like data
+/// in key position (an id as a key), not a schema.
+pub const MAX_NEW_COLUMNS: usize = 64;
 
 /// An open `COPY ... FROM STDIN` of one column list.
 struct Run {
@@ -151,9 +159,15 @@ impl<'a> CopyRows<'a> {
             f
         })?;
         copied.unmatched += sc.unmatched.len() as u64;
-        for k in &sc.unmatched {
+        for (k, kind) in &sc.unmatched {
             if copied.unmatched_names.len() < 10 && !copied.unmatched_names.contains(k) {
                 copied.unmatched_names.push(k.clone());
+            }
+            let room = copied.new_columns.len() < MAX_NEW_COLUMNS;
+            match copied.new_columns.iter_mut().find(|(n, _)| n == k) {
+                Some((_, seen)) => *seen = seen.widen(*kind),
+                None if room => copied.new_columns.push((k.clone(), *kind)),
+                None => copied.too_many_new = true,
             }
         }
         let empty = sc.columns.iter().all(|w| *w == 0);

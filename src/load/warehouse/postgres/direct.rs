@@ -7,11 +7,11 @@
 //! or is counted and logged).
 
 use super::columns::{Column, TYPED, keyed_typed_sql, typed_stage_ddl};
-use super::copy::{Copied, CopyRows};
+use super::copy::{Copied, CopyRows, MAX_NEW_COLUMNS};
 use super::rows::Layout;
 use super::{empty_table, open_new, write_picked};
 use crate::load::ledger::{Group, Item, ItemResult, LoadFailure};
-use crate::load::rin::InsertMode;
+use crate::load::rin::{InsertMode, SchemaPolicy};
 use crate::load::warehouse::Env;
 use crate::load::warehouse::wire::LedgerTx;
 use tracing::{debug, warn};
@@ -38,7 +38,7 @@ pub async fn load_each(
         }
         let mut into = CopyRows::new(&ltx.tx, &qualified, layout, None);
         let copied = into.object(body, it, i).await?;
-        report_unmatched(env, group, it, &copied);
+        check_schema(env, group, it, i, &copied)?;
         ltx.record(it, Some(copied.rows as i64), None).await?;
         debug!(object = %it.url(), table = %qualified, rows = copied.rows, "written (commits with the group)");
         loaded_rows += copied.rows;
@@ -78,7 +78,7 @@ pub async fn load_keyed(
         };
         let mut into = CopyRows::new(&ltx.tx, TYPED, layout, Some(next));
         let copied = into.object(body, it, i).await?;
-        report_unmatched(env, group, it, &copied);
+        check_schema(env, group, it, i, &copied)?;
         let after = into.position.expect("set above");
         ranges.push((i, next, after - 1));
         next = after;
@@ -86,11 +86,74 @@ pub async fn load_keyed(
     write_picked(ltx, group, mode, &sql, &ranges).await
 }
 
+/// Keys of object `i` no column took, with no catch-all to keep them, as the target's
+/// `schema` says: `report` counts and logs them (the row is loaded without them); `strict`
+/// refuses the object as a data error; `evolve` fails the load with the columns to add, which
+/// the driver adds before loading again (nothing of this attempt commits).
+fn check_schema(
+    env: &Env<'_>,
+    group: &Group,
+    it: &Item,
+    i: usize,
+    copied: &Copied,
+) -> Result<(), LoadFailure> {
+    if copied.unmatched == 0 {
+        return Ok(());
+    }
+    let table = group.dest.qualified();
+    match env.cfg.target(group.dest.target).schema {
+        SchemaPolicy::Report => {}
+        SchemaPolicy::Strict => {
+            metrics::counter!("rin_import_unmatched_keys_total", "target" => group.dest.target.to_string())
+                .increment(copied.unmatched);
+            return Err(LoadFailure::corrupt(
+                &it.url(),
+                None,
+                format!(
+                    "keys with no column in {table}: {} (schema: strict refuses them; add the \
+                     columns, or set schema: evolve or report)",
+                    copied.unmatched_names.join(", ")
+                ),
+            )
+            .of_item(i));
+        }
+        SchemaPolicy::Evolve if copied.too_many_new => {
+            return Err(LoadFailure::corrupt(
+                &it.url(),
+                None,
+                format!(
+                    "more than {MAX_NEW_COLUMNS} keys with no column in {table} (first: {}): \
+                     schema: evolve adds columns for a schema, not for data in key position",
+                    copied.unmatched_names.join(", ")
+                ),
+            )
+            .of_item(i));
+        }
+        SchemaPolicy::Evolve => {
+            let mut f = LoadFailure::new(
+                crate::load::ledger::ErrorKind::Transient,
+                format!(
+                    "loading {} into {table}: new keys {} (schema: evolve adds their columns, then loads again)",
+                    it.url(),
+                    copied.unmatched_names.join(", ")
+                ),
+            );
+            f.new_columns = Some(Box::new(
+                copied
+                    .new_columns
+                    .iter()
+                    .map(|(k, kind)| (k.clone(), kind.pg_type()))
+                    .collect(),
+            ));
+            return Err(f);
+        }
+    }
+    report_unmatched(env, group, it, copied);
+    Ok(())
+}
+
 /// Keys of an object no column took, with no catch-all to keep them: counted and logged.
 fn report_unmatched(env: &Env<'_>, group: &Group, it: &Item, copied: &Copied) {
-    if copied.unmatched == 0 {
-        return;
-    }
     metrics::counter!("rin_import_unmatched_keys_total", "target" => group.dest.target.to_string())
         .increment(copied.unmatched);
     warn!(

@@ -28,7 +28,7 @@ use super::dry_run::LedgerShown;
 use super::wire::{self, LedgerTx, pg_failure};
 use super::{Driver, Env, Warehouse, open_object};
 use crate::load::ledger::{Dialect, ErrorKind, Group, ItemResult, LoadFailure};
-use crate::load::rin::{Destination, InsertMode, Redshift, RinConfig};
+use crate::load::rin::{Destination, InsertMode, Redshift, RinConfig, quote_ident};
 use async_trait::async_trait;
 use columns::{Column, TYPED, insert_sql, table_columns, typed_stage_ddl};
 use stage::STAGE_DDL;
@@ -110,6 +110,58 @@ struct Session(wire::Session);
 #[async_trait]
 impl Warehouse for Session {
     async fn load(&mut self, env: &Env<'_>, group: &Group) -> Result<Vec<ItemResult>, LoadFailure> {
+        // `schema: evolve`: an attempt that met new keys added their columns; load again with
+        // them (a few times: a later object of the group may bring more).
+        for _ in 0..EVOLVE_ATTEMPTS {
+            match self.load_once(env, group).await {
+                Err(LoadFailure {
+                    new_columns: Some(columns),
+                    ..
+                }) if self.0.is_open() => add_columns(&self.0.client, group, &columns).await?,
+                other => return other,
+            }
+        }
+        self.load_once(env, group).await
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
+}
+
+/// Loads (`schema: evolve`) that add columns before one goes through with them all.
+const EVOLVE_ATTEMPTS: usize = 3;
+
+/// `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` for each new key, committed on its own (so the
+/// next attempt's transaction sees them), counted and logged.
+async fn add_columns(
+    client: &tokio_postgres::Client,
+    group: &Group,
+    columns: &[(String, &'static str)],
+) -> Result<(), LoadFailure> {
+    let table = group.dest.qualified();
+    let adds: Vec<String> = columns
+        .iter()
+        .map(|(name, ty)| format!("ADD COLUMN IF NOT EXISTS {} {ty}", quote_ident(name)))
+        .collect();
+    let sql = format!("ALTER TABLE {table} {}", adds.join(", "));
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| pg_failure(&e, false, &sql))?;
+    metrics::counter!("rin_import_columns_added_total", "target" => group.dest.target.to_string())
+        .increment(columns.len() as u64);
+    let names: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
+    tracing::info!(table = %table, columns = %names.join(", "), "schema: evolve added columns for new keys");
+    Ok(())
+}
+
+impl Session {
+    async fn load_once(
+        &mut self,
+        env: &Env<'_>,
+        group: &Group,
+    ) -> Result<Vec<ItemResult>, LoadFailure> {
         let mode = env.cfg.target(group.dest.target).insert_mode;
         let loaded = self
             .0
@@ -128,15 +180,11 @@ impl Warehouse for Session {
             })
             .await;
         match loaded {
-            Err(f) if self.0.is_open() => {
+            Err(f) if self.0.is_open() && f.new_columns.is_none() => {
                 Err(explain::explain(&mut self.0.client, env, group, f).await)
             }
             r => r,
         }
-    }
-
-    fn is_open(&self) -> bool {
-        self.0.is_open()
     }
 }
 

@@ -39,6 +39,54 @@ struct Target {
 /// Tables with at most this many columns are searched in order (faster than hashing).
 const LINEAR_SEARCH: usize = 32;
 
+/// The JSON type of a value: what the column `schema: evolve` adds for a new key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonKind {
+    Null,
+    Bool,
+    Integer,
+    Float,
+    Text,
+    Nested,
+}
+
+impl JsonKind {
+    /// The kind of a raw (valid) JSON value.
+    pub fn of(raw: &str) -> JsonKind {
+        match raw.as_bytes().first() {
+            Some(b'"') => JsonKind::Text,
+            Some(b't' | b'f') => JsonKind::Bool,
+            Some(b'n') => JsonKind::Null,
+            Some(b'{' | b'[') => JsonKind::Nested,
+            _ if raw.contains(['.', 'e', 'E']) => JsonKind::Float,
+            _ => JsonKind::Integer,
+        }
+    }
+
+    /// One kind for the values a key showed: a null takes the other's kind, integers and
+    /// floats are floats, anything else mixed is text (every JSON value has a text form).
+    pub fn widen(self, other: JsonKind) -> JsonKind {
+        use JsonKind::*;
+        match (self, other) {
+            (a, b) if a == b => a,
+            (Null, k) | (k, Null) => k,
+            (Integer, Float) | (Float, Integer) => Float,
+            _ => Text,
+        }
+    }
+
+    /// The PostgreSQL type of the column added for it.
+    pub fn pg_type(self) -> &'static str {
+        match self {
+            JsonKind::Null | JsonKind::Text => "text",
+            JsonKind::Bool => "boolean",
+            JsonKind::Integer => "bigint",
+            JsonKind::Float => "double precision",
+            JsonKind::Nested => "jsonb",
+        }
+    }
+}
+
 /// Which written columns a row lists: a bit per column, set when the row writes it.
 pub type ColumnSet = Vec<u64>;
 
@@ -49,8 +97,8 @@ pub struct Scratch {
     values: Vec<Option<(usize, usize)>>,
     /// Keys for the catch-all column, with their value's place.
     extras: Vec<(String, (usize, usize))>,
-    /// Keys that matched no column and had no catch-all to go to.
-    pub unmatched: Vec<String>,
+    /// Keys that matched no column and had no catch-all to go to, with their value's kind.
+    pub unmatched: Vec<(String, JsonKind)>,
     /// The columns of the last row (see [`Layout::write_row`]).
     pub columns: ColumnSet,
     /// Where the previous key matched: the next one is tried after it first (keys usually
@@ -216,7 +264,9 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
                     scratch.extras.retain(|(k, _)| k != key);
                     scratch.extras.push((key.to_string(), place));
                 }
-                None => scratch.unmatched.push(key.to_string()),
+                None => scratch
+                    .unmatched
+                    .push((key.to_string(), JsonKind::of(text))),
             }
         }
         Ok(())
@@ -429,6 +479,24 @@ mod tests {
     }
 
     #[test]
+    fn json_kinds_and_the_column_type_evolve_adds() {
+        let k = |raw: &str| JsonKind::of(raw);
+        assert_eq!(k("\"x\""), JsonKind::Text);
+        assert_eq!(k("-12"), JsonKind::Integer);
+        assert_eq!(k("1.5"), JsonKind::Float);
+        assert_eq!(k("1e3"), JsonKind::Float);
+        assert_eq!(k("true"), JsonKind::Bool);
+        assert_eq!(k("null"), JsonKind::Null);
+        assert_eq!(k("[1]"), JsonKind::Nested);
+        let widen = |a: &str, b: &str| k(a).widen(k(b)).pg_type();
+        assert_eq!(widen("1", "2.5"), "double precision");
+        assert_eq!(widen("null", "true"), "boolean");
+        assert_eq!(widen("1", "\"a\""), "text");
+        assert_eq!(widen("{}", "{}"), "jsonb");
+        assert_eq!(widen("null", "null"), "text");
+    }
+
+    #[test]
     fn rows_as_jsonb_populate_record_maps_them() {
         let l = layout();
         let q = |s: &str| format!("\"{s}\"");
@@ -494,9 +562,15 @@ mod tests {
         let no_catch_all = Layout::new(&[col("i", ColumnKind::Scalar, false)], "").unwrap();
         let mut out = Vec::new();
         no_catch_all
-            .write_row(br#"{"i":1,"x":2,"y":3}"#, &mut sc, &mut out)
+            .write_row(br#"{"i":1,"x":2,"y":"3"}"#, &mut sc, &mut out)
             .unwrap();
-        assert_eq!(sc.unmatched, ["x", "y"]);
+        assert_eq!(
+            sc.unmatched,
+            [
+                ("x".into(), JsonKind::Integer),
+                ("y".into(), JsonKind::Text)
+            ]
+        );
         assert_eq!(out, b"1\n");
         // Whitespace and escapes inside JSON text kept as JSON, COPY-escaped.
         let j = Layout::new(&[col("doc", ColumnKind::Json, false)], "").unwrap();
