@@ -374,11 +374,13 @@ fn json_time(raw: &str) -> Option<EventTime> {
 /// the line: the importer, Redshift's JSON reader) refuses such a number, so an event holding
 /// one would be acked and then never load. Refused here instead, with the body.
 ///
-/// Cheap on the common value: a number can only overflow with an exponent (`e`/`E`) or with
-/// more than 308 digits, so a value with neither is not scanned.
+/// Cheap on the common value: a string holds no number, and a number can only overflow with
+/// an exponent (`e`/`E`) or with more than 308 digits, so neither kind is scanned byte by byte.
 fn number_out_of_range(raw: &[u8]) -> Option<&[u8]> {
     const MAX_PLAIN_DIGITS: usize = 308;
-    if raw.len() <= MAX_PLAIN_DIGITS && memchr::memchr2(b'e', b'E', raw).is_none() {
+    if raw.first() == Some(&b'"')
+        || (raw.len() <= MAX_PLAIN_DIGITS && memchr::memchr2(b'e', b'E', raw).is_none())
+    {
         return None;
     }
     let overflows = |number: &[u8]| {
